@@ -1,0 +1,5 @@
+import sys
+
+from flaxtune.cli import main
+
+sys.exit(main())

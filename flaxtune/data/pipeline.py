@@ -1,0 +1,129 @@
+"""Batches: tf.data for training, plain numpy for eval/predict.
+
+Every batch is a dict of numpy arrays with a leading device axis:
+`input_ids`, `attention_mask` (D, B/D, T) and `labels`, `weights` (D, B/D).
+T is the smallest *bucket* length that fits the batch's longest text, so
+only a handful of shapes are ever compiled and short texts are not padded
+to `max_length`.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from flaxtune.data.tokenize import Tokenized
+
+_TF = None
+
+
+def tf_cpu_only():
+    """Imports TensorFlow with every accelerator hidden from it (tf.data only)."""
+    global _TF
+    if _TF is None:
+        import tensorflow as tf
+
+        tf.config.set_visible_devices([], "GPU")
+        try:
+            tf.config.set_visible_devices([], "TPU")
+        except (ValueError, RuntimeError):
+            pass
+        _TF = tf
+    return _TF
+
+
+def bucket_lengths(max_length: int, smallest: int = 16) -> list[int]:
+    """Powers of two from `smallest` below max_length, then max_length itself."""
+    out, n = [], smallest
+    while n < max_length:
+        out.append(n)
+        n *= 2
+    return out + [max_length]
+
+
+def bucket_for(length: int, buckets: list[int]) -> int:
+    for b in buckets:
+        if length <= b:
+            return b
+    raise ValueError(f"length {length} exceeds the largest bucket {buckets[-1]}")
+
+
+def steps_per_epoch(num_examples: int, global_batch: int) -> int:
+    return num_examples // global_batch
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch) % (2**31 - 1)
+
+
+def train_batches(data: Tokenized, *, global_batch: int, num_devices: int, seed: int,
+                  epoch: int, buckets: list[int], skip_batches: int = 0,
+                  shuffle_buffer: int = 0) -> Iterator[dict]:
+    """One epoch of shuffled training batches (the last partial batch is dropped).
+
+    The order depends only on (seed, epoch), so a run can restart mid-epoch
+    by skipping the batches it has already seen.
+    """
+    tf = tf_cpu_only()
+    lengths = data.lengths
+    flat = np.concatenate(data.ids) if len(data) else np.zeros((0,), np.int32)
+    ragged = tf.RaggedTensor.from_row_lengths(flat, lengths)
+    ds = tf.data.Dataset.from_tensor_slices({"ids": ragged, "labels": data.labels})
+    buffer = shuffle_buffer if shuffle_buffer > 0 else len(data)
+    ds = ds.shuffle(buffer, seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
+    ds = ds.batch(global_batch, drop_remainder=True)
+    if skip_batches:
+        ds = ds.skip(skip_batches)
+    bucket_table = tf.constant(buckets, dtype=tf.int32)
+    per_device = global_batch // num_devices
+
+    def to_dense(batch):
+        ids = batch["ids"]
+        longest = tf.cast(tf.reduce_max(ids.row_lengths()), tf.int32)
+        target = tf.gather(bucket_table, tf.argmax(tf.cast(bucket_table >= longest, tf.int32)))
+        dense = ids.to_tensor(default_value=0, shape=[global_batch, target])
+        mask = tf.sequence_mask(ids.row_lengths(), target, dtype=tf.int32)
+        return {
+            "input_ids": tf.reshape(dense, [num_devices, per_device, -1]),
+            "attention_mask": tf.reshape(mask, [num_devices, per_device, -1]),
+            "labels": tf.reshape(tf.cast(batch["labels"], tf.int32), [num_devices, per_device]),
+        }
+
+    ds = ds.map(to_dense, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    yield from ds.as_numpy_iterator()
+
+
+def eval_batches(data: Tokenized, *, global_batch: int, num_devices: int,
+                 buckets: list[int]) -> Iterator[dict]:
+    """Batches in input order; the last one is padded with weight-0 rows.
+
+    Every example appears exactly once with weight 1; `index` maps rows back
+    to input positions (-1 for padding).
+    """
+    n = len(data)
+    per_device = global_batch // num_devices
+    for start in range(0, n, global_batch):
+        rows = data.ids[start:start + global_batch]
+        t = bucket_for(max(len(r) for r in rows), buckets)
+        ids = np.zeros((global_batch, t), np.int32)
+        mask = np.zeros((global_batch, t), np.int32)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = r
+            mask[i, :len(r)] = 1
+        mask[len(rows):, 0] = 1  # padding rows: one dummy token, so no row is all-masked
+        weights = np.zeros((global_batch,), np.float32)
+        weights[:len(rows)] = 1.0
+        labels = np.zeros((global_batch,), np.int32)
+        if data.labels is not None:
+            labels[:len(rows)] = data.labels[start:start + global_batch]
+        index = np.full((global_batch,), -1, np.int64)
+        index[:len(rows)] = np.arange(start, start + len(rows))
+        yield {
+            "input_ids": ids.reshape(num_devices, per_device, t),
+            "attention_mask": mask.reshape(num_devices, per_device, t),
+            "labels": labels.reshape(num_devices, per_device),
+            "weights": weights.reshape(num_devices, per_device),
+            "index": index,
+        }

@@ -1,0 +1,53 @@
+"""How steps are spread over devices.
+
+`PmapStrategy` is the default: parameters replicated on every local device,
+the global batch split along a leading device axis, gradients averaged with
+`lax.pmean`, and the train state donated. The training loop talks only to the
+strategy's methods, so a jit + NamedSharding strategy (FSDP) can slot in with
+the same interface.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from flax import jax_utils
+
+AXIS = "batch"
+
+
+class PmapStrategy:
+    axis_name = AXIS
+
+    def __init__(self, devices=None):
+        self.devices = list(devices) if devices is not None else jax.local_devices()
+
+    @property
+    def num_devices(self) -> int:
+        return len(self.devices)
+
+    def replicate(self, tree):
+        """Host tree -> one copy per device (leading device axis)."""
+        return jax_utils.replicate(tree, self.devices)
+
+    def to_host(self, tree):
+        """Replicated device tree -> numpy tree without the device axis (what checkpoints hold)."""
+        return jax.device_get(jax.tree.map(lambda x: x[0], tree))
+
+    def mean(self, x):
+        """Average across devices inside a step (gradients, metrics)."""
+        return jax.lax.pmean(x, self.axis_name)
+
+    def device_index(self):
+        return jax.lax.axis_index(self.axis_name)
+
+    def compile_train_step(self, fn):
+        return jax.pmap(fn, axis_name=self.axis_name, devices=self.devices, donate_argnums=(0,))
+
+    def compile_eval_step(self, fn):
+        return jax.pmap(fn, axis_name=self.axis_name, devices=self.devices)
+
+    def gather_rows(self, x):
+        """(devices, per_device, ...) device output -> (global, ...) numpy."""
+        x = np.asarray(jax.device_get(x))
+        return x.reshape(-1, *x.shape[2:])

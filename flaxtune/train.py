@@ -1,0 +1,203 @@
+"""Training: state, the pmapped train/eval steps, and the loop.
+
+`train_and_evaluate(config, workdir)` is the whole job; the CLI and the Colab
+notebooks call it. Data flows: config -> records -> label map -> token ids ->
+batches -> train step -> eval -> Orbax checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from flaxtune import config as config_lib
+from flaxtune.checkpoint import Checkpoints, tokenizer_dir
+from flaxtune.data.labels import build_label_map, encode_labels
+from flaxtune.data.pipeline import bucket_lengths, steps_per_epoch, train_batches
+from flaxtune.data.sources import load_split
+from flaxtune.data.tokenize import Tokenized, load_tokenizer, tokenize_texts
+from flaxtune.metrics import classification_metrics
+from flaxtune.model import GPT2Classifier
+from flaxtune.optim import make_optimizer
+from flaxtune.parallel import PmapStrategy
+from flaxtune.predict import predict_logits
+from flaxtune.weights import DTYPES, abstract_params, dims_for, initial_params, model_source
+
+log = logging.getLogger(__name__)
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def train_step(state: TrainState, batch: dict, *, model, tx, strategy, seed: int):
+    """One optimizer step on a device's share of the global batch."""
+    rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), state.step),
+                             strategy.device_index())
+
+    def loss_fn(params):
+        logits = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
+                             deterministic=False, rngs={"dropout": rng})
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]).mean()
+        return loss, logits
+
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = strategy.mean(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = strategy.mean({
+        "loss": loss,
+        "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["labels"]),
+        "grad_norm": optax.global_norm(grads),
+    })
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def prepare_split(records, label_names, tokenizer, max_length, vocab_size) -> Tokenized:
+    labels = encode_labels(records, label_names)
+    return tokenize_texts(tokenizer, [r.text for r in records], max_length, vocab_size=vocab_size,
+                          labels=labels, sources=[f"{r.source}:{r.line}" for r in records])
+
+
+def _check_resume_compatible(meta: dict, expected: dict, workdir) -> None:
+    diffs = [f"{k}: checkpoint has {meta.get(k)!r}, this run has {v!r}"
+             for k, v in expected.items() if meta.get(k) != v]
+    if diffs:
+        raise config_lib.ConfigError(
+            f"--workdir {workdir} holds checkpoints of a different run:\n  " + "\n  ".join(diffs)
+            + "\nUse a new --workdir (or delete the old one).")
+
+
+def train_and_evaluate(config, workdir) -> dict:
+    """Trains per `config`, checkpoints under `workdir`; returns the final eval metrics."""
+    workdir = Path(workdir)
+    config_lib.validate_config(config)
+    t = config.train
+    devices = jax.local_devices()
+    if t.num_devices > 0:
+        if t.num_devices > len(devices):
+            raise config_lib.ConfigError(
+                f"config.train.num_devices={t.num_devices} but only {len(devices)} devices are visible")
+        devices = devices[:t.num_devices]
+    strategy = PmapStrategy(devices)
+    config_lib.check_batch_divisible(config, strategy.num_devices)
+
+    source = model_source(config)
+    dims = dims_for(source.hf_config, config.dropout)
+    config_lib.check_max_length(config, dims.n_positions)
+    tokenizer = load_tokenizer(config.tokenizer or str(source.model_dir or config.model))
+
+    train_records = load_split(config.data, "train")
+    eval_records = load_split(config.data, "eval")
+    label_names = build_label_map(r.label for r in train_records)
+    train_data = prepare_split(train_records, label_names, tokenizer, config.max_length, dims.vocab_size)
+    eval_data = prepare_split(eval_records, label_names, tokenizer, config.max_length, dims.vocab_size)
+    log.info("data: %d train / %d eval examples; labels %s", len(train_data), len(eval_data), label_names)
+
+    spe = steps_per_epoch(len(train_data), t.batch_size)
+    if spe == 0:
+        raise config_lib.ConfigError(
+            f"the training set has {len(train_data)} examples, fewer than one global batch "
+            f"(config.train.batch_size={t.batch_size})")
+    total_steps = t.num_train_steps if t.num_train_steps > 0 else int(round(t.num_epochs * spe))
+    eval_every = t.eval_every_steps if t.eval_every_steps > 0 else spe
+    ckpt_every = t.checkpoint_every_steps if t.checkpoint_every_steps > 0 else eval_every
+
+    model = GPT2Classifier(dims, len(label_names), dtype=DTYPES[config.dtype])
+    tx, schedule = make_optimizer(t, total_steps)
+    identity = {"label_names": label_names, "model_config": source.hf_config.to_dict(),
+                "max_length": config.max_length}
+    identity["model_config"].pop("transformers_version", None)
+
+    ckpts = Checkpoints(workdir, max_to_keep=t.max_checkpoints_to_keep)
+    step = 0
+    if ckpts.latest_step() is not None:
+        meta = ckpts.read_meta()
+        _check_resume_compatible(meta, identity, workdir)
+        like = abstract_params(model)
+        params, opt_state, meta = ckpts.restore_train(like, jax.eval_shape(tx.init, like))
+        params, opt_state = jax.device_get((params, opt_state))
+        step = int(meta["step"])
+        log.info("resuming from %s at step %d", ckpts.directory / str(step), step)
+    else:
+        params = initial_params(model, source, config.seed)
+        opt_state = tx.init(params)
+    tokenizer.save_pretrained(str(tokenizer_dir(workdir)))
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+    state = strategy.replicate(TrainState(step=np.int32(step), params=params, opt_state=opt_state))
+    del params, opt_state
+    p_train_step = strategy.compile_train_step(functools.partial(
+        train_step, model=model, tx=tx, strategy=strategy, seed=config.seed))
+    buckets = bucket_lengths(config.max_length)
+
+    def meta_for(step, metrics):
+        return {**identity, "step": step, "dtype": config.dtype, "text_field": config.data.text_field,
+                "label_field": config.data.label_field, "encoding": config.data.encoding,
+                "eval_metrics": metrics, "config": json.loads(config.to_json_best_effort())}
+
+    def evaluate(state):
+        logits = predict_logits(model, state.params, eval_data, strategy=strategy,
+                                global_batch=t.eval_batch_size, buckets=buckets, replicated=True)
+        m = classification_metrics(logits, eval_data.labels, len(label_names))
+        m["step"] = step
+        with open(workdir / "eval_metrics.jsonl", "a") as f:
+            f.write(json.dumps(m) + "\n")
+        log.info("eval at step %d: accuracy %.4f, macro-F1 %.4f, loss %.4f (%d examples)",
+                 step, m["accuracy"], m["macro_f1"], m["loss"], m["num_examples"])
+        return m
+
+    def save(state, metrics):
+        host = strategy.to_host(state)
+        ckpts.save(step, host.params, host.opt_state, meta_for(step, metrics))
+
+    log.info("training %d steps (%d per epoch, global batch %d on %d devices), from step %d",
+             total_steps, spe, t.batch_size, strategy.num_devices, step)
+    eval_metrics, last_saved, last_eval_step = None, step, None
+    window, window_start, window_examples = [], time.time(), 0
+    try:
+        while step < total_steps:
+            epoch, skip = divmod(step, spe)
+            for batch in train_batches(train_data, global_batch=t.batch_size,
+                                       num_devices=strategy.num_devices, seed=config.seed,
+                                       epoch=epoch, buckets=buckets, skip_batches=skip,
+                                       shuffle_buffer=config.data.shuffle_buffer):
+                state, metrics = p_train_step(state, batch)
+                step += 1
+                window.append(metrics)
+                window_examples += t.batch_size
+                if step % t.log_every_steps == 0 or step == total_steps:
+                    ms = jax.device_get(window)
+                    elapsed = time.time() - window_start
+                    log.info("step %d/%d  epoch %.2f  loss %.4f  acc %.3f  lr %.2e  %.1f examples/s",
+                             step, total_steps, step / spe, np.mean([m["loss"][0] for m in ms]),
+                             np.mean([m["accuracy"][0] for m in ms]),
+                             float(schedule(step // t.grad_accum_steps)), window_examples / elapsed)
+                    window, window_start, window_examples = [], time.time(), 0
+                if step % eval_every == 0 or step == total_steps:
+                    eval_metrics, last_eval_step = evaluate(state), step
+                if step % ckpt_every == 0 or step == total_steps:
+                    save(state, eval_metrics if last_eval_step == step else None)
+                    last_saved = step
+                if step >= total_steps:
+                    break
+        if eval_metrics is None or last_eval_step != step:
+            eval_metrics = evaluate(state)
+        if last_saved != step or ckpts.latest_step() != step:
+            save(state, eval_metrics)
+    finally:
+        ckpts.close()
+    return eval_metrics
