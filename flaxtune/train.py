@@ -61,7 +61,7 @@ def train_step(state: TrainState, batch: dict, *, model, tx, strategy, seed: int
     metrics = strategy.mean({
         "loss": loss,
         "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["labels"]),
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": optax.tree.norm(grads),
     })
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
@@ -181,11 +181,16 @@ def train_and_evaluate(config, workdir) -> dict:
                 window_examples += t.batch_size
                 if step % t.log_every_steps == 0 or step == total_steps:
                     ms = jax.device_get(window)
-                    elapsed = time.time() - window_start
+                    record = {"step": step, "loss": float(np.mean([m["loss"][0] for m in ms])),
+                              "accuracy": float(np.mean([m["accuracy"][0] for m in ms])),
+                              "grad_norm": float(np.mean([m["grad_norm"][0] for m in ms])),
+                              "learning_rate": float(schedule(step // t.grad_accum_steps)),
+                              "examples_per_s": window_examples / (time.time() - window_start)}
+                    with open(workdir / "train_metrics.jsonl", "a") as f:
+                        f.write(json.dumps(record) + "\n")
                     log.info("step %d/%d  epoch %.2f  loss %.4f  acc %.3f  lr %.2e  %.1f examples/s",
-                             step, total_steps, step / spe, np.mean([m["loss"][0] for m in ms]),
-                             np.mean([m["accuracy"][0] for m in ms]),
-                             float(schedule(step // t.grad_accum_steps)), window_examples / elapsed)
+                             step, total_steps, step / spe, record["loss"], record["accuracy"],
+                             record["learning_rate"], record["examples_per_s"])
                     window, window_start, window_examples = [], time.time(), 0
                 if step % eval_every == 0 or step == total_steps:
                     eval_metrics, last_eval_step = evaluate(state), step

@@ -1,0 +1,79 @@
+"""Tokenization and batching: exact ids, truncation, shapes, order, every example once."""
+
+import numpy as np
+import pytest
+
+from flaxtune.data.pipeline import bucket_lengths, eval_batches, train_batches
+from flaxtune.data.tokenize import Tokenized, TokenizationError, tokenize_texts
+
+
+def test_real_tokenizer_ids_and_eos_pad(gpt2_tokenizer):
+    t = tokenize_texts(gpt2_tokenizer, ["Hello world", "hello 👋 world 🌍"], 64, vocab_size=50257)
+    assert t.ids[0].tolist() == [15496, 995]
+    assert gpt2_tokenizer.decode(t.ids[1]) == "hello 👋 world 🌍"
+    assert gpt2_tokenizer.pad_token_id == gpt2_tokenizer.eos_token_id == 50256
+
+
+def test_truncation_to_max_length_exactly(gpt2_tokenizer):
+    long = " ".join(["word"] * 1500)
+    t = tokenize_texts(gpt2_tokenizer, [long, "short"], 1024, vocab_size=50257)
+    assert len(t.ids[0]) == 1024 and t.num_truncated == 1
+    assert len(t.ids[1]) == 1
+
+
+def test_token_ids_outside_embedding_table_are_an_error(gpt2_tokenizer):
+    with pytest.raises(TokenizationError, match=r"train.tsv:7: token id 15496 is outside .*vocab_size=1000"):
+        tokenize_texts(gpt2_tokenizer, ["Hello"], 8, vocab_size=1000, sources=["train.tsv:7"])
+
+
+def _data(n, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = [np.arange(1, rng.integers(1, 40) + 1, dtype=np.int32) + 1000 * i for i in range(n)]
+    return Tokenized(ids=ids, labels=np.arange(n, dtype=np.int32) % 2)
+
+
+def test_bucket_lengths():
+    assert bucket_lengths(64) == [16, 32, 64]
+    assert bucket_lengths(100) == [16, 32, 64, 100]
+    assert bucket_lengths(16) == [16]
+
+
+def _first_ids(batches):
+    return [int(row[0]) // 1000 for b in batches for row in b["input_ids"].reshape(-1, b["input_ids"].shape[-1])]
+
+
+def test_train_batches_shapes_order_and_determinism():
+    data = _data(103)
+    kw = dict(global_batch=16, num_devices=8, seed=3, buckets=[16, 32, 64])
+    e0 = list(train_batches(data, epoch=0, **kw))
+    assert len(e0) == 103 // 16  # last partial batch dropped
+    for b in e0:
+        assert b["input_ids"].shape[:2] == (8, 2) and b["input_ids"].shape[2] in (16, 32, 64)
+        assert b["labels"].shape == (8, 2)
+        lengths = b["attention_mask"].sum(-1)
+        assert lengths.max() <= b["input_ids"].shape[2]
+        # the mask marks exactly the real tokens, which are the example's ids
+        flat_ids, flat_mask = b["input_ids"].reshape(16, -1), b["attention_mask"].reshape(16, -1)
+        for row, m in zip(flat_ids, flat_mask):
+            k = int(row[0]) // 1000
+            np.testing.assert_array_equal(row[m == 1], data.ids[k])
+    seen = _first_ids(e0)
+    assert len(set(seen)) == len(seen) == 96
+    assert seen != sorted(seen)  # shuffled
+    assert _first_ids(train_batches(data, epoch=0, **kw)) == seen  # same seed+epoch, same order
+    assert _first_ids(train_batches(data, epoch=1, **kw)) != seen
+    # restart mid-epoch: skipping k batches continues the same stream
+    assert _first_ids(train_batches(data, epoch=0, skip_batches=2, **kw)) == seen[32:]
+    # the order does not depend on how many devices share the batch
+    assert _first_ids(train_batches(data, epoch=0, **{**kw, "num_devices": 1})) == seen
+
+
+def test_eval_batches_count_every_example_once():
+    data = _data(37)
+    batches = list(eval_batches(data, global_batch=16, num_devices=8, buckets=[16, 32, 64]))
+    assert len(batches) == 3
+    index = np.concatenate([b["index"] for b in batches])
+    weights = np.concatenate([b["weights"].reshape(-1) for b in batches])
+    assert sorted(index[index >= 0].tolist()) == list(range(37))
+    assert weights.sum() == 37 and (weights[index < 0] == 0).all()
+    assert all(b["attention_mask"].reshape(16, -1).sum(-1).min() >= 1 for b in batches)

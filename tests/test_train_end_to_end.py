@@ -1,0 +1,158 @@
+"""The real loop on a tiny model and a slice of SST-2: pmap on 8 simulated devices vs 1,
+checkpoint contents, restore on one device, and the eval/predict CLI in new processes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from flaxtune import config as config_lib
+from flaxtune.checkpoint import Checkpoints
+from flaxtune.data.readers import read_records
+from flaxtune.predict import Classifier
+from flaxtune.train import train_and_evaluate
+
+from conftest import REPO, SST2_DIR, TOKENIZER_DIR, need_shared
+
+STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def sst2_slice(tmp_path_factory):
+    need_shared(SST2_DIR)
+    d = tmp_path_factory.mktemp("sst2")
+    lines = (SST2_DIR / "train.tsv").read_text(encoding="utf-8").splitlines()
+    (d / "train.tsv").write_text("\n".join(lines[:401]) + "\n", encoding="utf-8")
+    lines = (SST2_DIR / "dev.tsv").read_text(encoding="utf-8").splitlines()
+    (d / "dev.tsv").write_text("\n".join(lines[:101]) + "\n", encoding="utf-8")  # 100: not a batch multiple
+    return d
+
+
+def tiny_config(data_dir, **train):
+    c = config_lib.load_config_file(str(REPO / "configs" / "sst2_local.py"))
+    c.data.train_file = str(data_dir / "train.tsv")
+    c.data.eval_file = str(data_dir / "dev.tsv")
+    c.tokenizer = str(need_shared(TOKENIZER_DIR))
+    c.scratch_model.update(n_layer=2, n_embd=32, n_head=2, n_positions=32)
+    c.max_length = 32
+    c.dropout = 0.0
+    c.train.update(dict(dict(batch_size=16, eval_batch_size=16, num_train_steps=STEPS, log_every_steps=1,
+                             learning_rate=1e-3, warmup_ratio=0.1), **train))
+    return c
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def run8(sst2_slice, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run8")
+    metrics = train_and_evaluate(tiny_config(sst2_slice), workdir)
+    return workdir, metrics
+
+
+def test_eight_devices_and_one_give_the_same_losses(run8, sst2_slice, tmp_path):
+    workdir8, _ = run8
+    metrics1 = train_and_evaluate(tiny_config(sst2_slice, num_devices=1), tmp_path)
+    loss8 = [r["loss"] for r in read_jsonl(workdir8 / "train_metrics.jsonl")]
+    loss1 = [r["loss"] for r in read_jsonl(tmp_path / "train_metrics.jsonl")]
+    assert len(loss8) == len(loss1) == STEPS
+    assert min(r["grad_norm"] for r in read_jsonl(workdir8 / "train_metrics.jsonl")) > 0  # really updating
+    np.testing.assert_allclose(loss8, loss1, rtol=2e-4, atol=0)
+    np.testing.assert_allclose(read_jsonl(workdir8 / "eval_metrics.jsonl")[-1]["loss"], metrics1["loss"], rtol=1e-3)
+
+
+def test_checkpoint_holds_what_predict_needs(run8):
+    workdir, metrics = run8
+    ckpts = Checkpoints(workdir, read_only=True)
+    assert ckpts.latest_step() == STEPS
+    meta = ckpts.read_meta()
+    assert meta["label_names"] == ["0", "1"]
+    assert meta["max_length"] == 32 and meta["step"] == STEPS
+    assert meta["model_config"]["n_layer"] == 2 and meta["model_config"]["n_embd"] == 32
+    assert meta["eval_metrics"]["accuracy"] == metrics["accuracy"]
+    assert (workdir / "tokenizer" / "tokenizer.json").is_file()
+    # saved without a device axis
+    from flaxtune.weights import abstract_params
+    from flaxtune.model import GPT2Classifier, GPT2Dims
+
+    model = GPT2Classifier(GPT2Dims(n_layer=2, n_embd=32, n_head=2, n_positions=32), 2)
+    params = ckpts.restore_params(abstract_params(model))
+    assert params["transformer"]["wte"]["embedding"].shape == (50257, 32)
+    ckpts.close()
+
+
+def test_restore_on_one_device_reproduces_training_eval(run8, sst2_slice):
+    workdir, metrics = run8
+    assert metrics["num_examples"] == 100
+    clf = Classifier.restore(workdir, devices=jax.local_devices()[:1])
+    m = clf.evaluate(read_records(sst2_slice / "dev.tsv", text_field="sentence"))
+    assert m["num_examples"] == 100
+    assert m["accuracy"] == metrics["accuracy"]
+    assert m["loss"] == pytest.approx(metrics["loss"], abs=1e-5)
+    # and on 8 devices, with a padded last batch, the same predictions
+    clf8 = Classifier.restore(workdir)
+    texts = [r.text for r in read_records(sst2_slice / "dev.tsv", text_field="sentence")][:21]
+    np.testing.assert_allclose(clf8.logits(texts, per_device_batch=2), clf.logits(texts, per_device_batch=4),
+                               atol=1e-5)
+
+
+def _cli(*args):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # a fresh process, 1 CPU device
+    return subprocess.run([sys.executable, "-m", "flaxtune", *args], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=300)
+
+
+def test_eval_cli_in_new_process_prints_json_last_line(run8, sst2_slice):
+    workdir, metrics = run8
+    out = _cli("eval", "--checkpoint", str(workdir), "--data", str(sst2_slice / "dev.tsv"))
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["accuracy"] == metrics["accuracy"]
+    assert result["num_examples"] == 100
+    assert result["macro_f1"] == pytest.approx(metrics["macro_f1"], abs=1e-9)
+    assert result["loss"] == pytest.approx(metrics["loss"], abs=1e-5)
+
+
+def test_predict_cli_texts_and_file(run8, tmp_path):
+    workdir, _ = run8
+    clf = Classifier.restore(workdir, devices=jax.local_devices()[:1])
+    texts = ["a gorgeous, moving film", "dull and lifeless", "ok"]
+    expected = clf.predict(texts)
+    out = _cli("predict", "--checkpoint", str(workdir), *texts[:2])
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 2
+    for line, p in zip(lines, expected):
+        label, prob, text = line.split("\t")
+        assert (label, text) == (p.label, p.text)
+        assert float(prob) == pytest.approx(max(p.probs), abs=1e-4)
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"sentence": t}) + "\n" for t in texts))
+    out = _cli("predict", "--checkpoint", str(workdir), "--input", str(tmp_path / "in.jsonl"),
+               "--output", str(tmp_path / "preds.jsonl"))
+    assert out.returncode == 0, out.stderr
+    rows = read_jsonl(tmp_path / "preds.jsonl")
+    assert [r["text"] for r in rows] == texts
+    assert [r["label"] for r in rows] == [p.label for p in expected]
+    for r, p in zip(rows, expected):
+        assert list(r["probs"]) == ["0", "1"]
+        np.testing.assert_allclose(list(r["probs"].values()), p.probs, atol=1e-5)
+
+
+def test_workdir_of_a_different_run_is_refused(run8, sst2_slice):
+    workdir, _ = run8
+    c = tiny_config(sst2_slice)
+    c.scratch_model.n_layer = 3
+    with pytest.raises(config_lib.ConfigError, match=r"different run:\n  model_config: .*'n_layer': 2.*'n_layer': 3"):
+        train_and_evaluate(c, workdir)
+
+
+def test_indivisible_global_batch_fails_at_start(sst2_slice, tmp_path):
+    with pytest.raises(config_lib.ConfigError, match="batch_size=12 is the global batch"):
+        train_and_evaluate(tiny_config(sst2_slice, batch_size=12), tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
