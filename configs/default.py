@@ -55,5 +55,7 @@ def get_config():
     c.train.log_every_steps = 100
     c.train.eval_every_steps = 0     # 0 = after each epoch (and at the end)
     c.train.checkpoint_every_steps = 0  # 0 = after each eval
-    c.train.max_checkpoints_to_keep = 2
+    c.train.max_checkpoints_to_keep = 2  # the latest N ...
+    c.train.keep_best_metric = "accuracy"  # ... plus the best by this eval metric ("" = none)
+    c.train.keep_best_mode = "max"         # "max" (accuracy, macro_f1) or "min" (loss)
     return c

@@ -14,6 +14,7 @@ devices the reader has (8 TPU cores or 1 CPU).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import jax
@@ -43,16 +44,49 @@ def _abstract(tree, device=None):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding), tree)
 
 
-class Checkpoints:
-    """A CheckpointManager over WORKDIR/checkpoints with flaxtune's items."""
+def _check_writable(directory: Path) -> None:
+    """Fails at start-up, not at the first save, when checkpoints cannot be written."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise CheckpointError(f"cannot write checkpoints to {directory}: {e}. "
+                              "Pass a writable --workdir.") from e
 
-    def __init__(self, workdir, *, max_to_keep: int | None = 2, read_only: bool = False):
+
+class Checkpoints:
+    """A CheckpointManager over WORKDIR/checkpoints with flaxtune's items.
+
+    Keeps the latest `max_to_keep` checkpoints plus the best one by
+    `best_metric` (an eval metric name; "" for none). Saves are asynchronous;
+    `wait()`/`close()` block until they are on disk and raise if one failed.
+    Leftover temporary folders of a crashed save are never taken for steps.
+    """
+
+    def __init__(self, workdir, *, max_to_keep: int | None = 2, read_only: bool = False,
+                 best_metric: str = "", best_mode: str = "max"):
         self.directory = checkpoint_dir(workdir)
         if read_only and not self.directory.is_dir():
             raise CheckpointError(f"no checkpoints in {Path(workdir)} (expected {self.directory}); "
                                   "pass the --workdir of a train run")
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
-                                               read_only=read_only, enable_async_checkpointing=True)
+        if read_only:
+            options = ocp.CheckpointManagerOptions(read_only=True, create=False, max_to_keep=None,
+                                                   save_interval_steps=0)
+        else:
+            _check_writable(self.directory)
+            policies = [ocp.checkpoint_managers.LatestN(n=max_to_keep)]
+            if best_metric:
+                if best_mode not in ("max", "min"):
+                    raise CheckpointError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
+                policies.append(ocp.checkpoint_managers.BestN(
+                    get_metric_fn=lambda m: m[best_metric], reverse=best_mode == "min", n=1,
+                    keep_checkpoints_without_metrics=False))
+            options = ocp.CheckpointManagerOptions(
+                create=True, enable_async_checkpointing=True, cleanup_tmp_directories=True,
+                preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies))
+        self.best_metric = best_metric
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
     def latest_step(self) -> int | None:
@@ -61,9 +95,16 @@ class Checkpoints:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
-    def save(self, step: int, params, opt_state, meta: dict) -> None:
-        """Starts an async save of host (numpy) trees; `wait()` before exiting."""
-        self.manager.save(step, args=ocp.args.Composite(
+    def save(self, step: int, params, opt_state, meta: dict, metrics: dict | None = None) -> None:
+        """Starts an async save of host (numpy) trees; `wait()` before exiting.
+
+        `metrics` (eval metrics, or None for a checkpoint without eval) rank
+        the checkpoint for keep-best.
+        """
+        ranked = None
+        if metrics is not None and self.best_metric:
+            ranked = {self.best_metric: float(metrics[self.best_metric])}
+        self.manager.save(step, metrics=ranked, force=True, args=ocp.args.Composite(
             params=ocp.args.StandardSave(params),
             opt_state=ocp.args.StandardSave(opt_state),
             meta=ocp.args.JsonSave(meta)))

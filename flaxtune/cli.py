@@ -1,4 +1,4 @@
-"""`python -m flaxtune {train,eval,predict}`: a thin layer over the Python API."""
+"""`python -m flaxtune {train,eval,predict,export}`: a thin layer over the Python API."""
 
 from __future__ import annotations
 
@@ -25,6 +25,11 @@ of the same run is resumed from its latest checkpoint.
 """
 
 
+CHECKPOINT_HELP = ("the --workdir of a train run, or a Hugging Face GPT2ForSequenceClassification "
+                   "folder (config.json + model.safetensors)")
+TOKENIZER_HELP = "tokenizer folder or hub id, for a Hugging Face folder without tokenizer files"
+
+
 def _setup_logging(verbose: bool = True) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -36,7 +41,7 @@ def _setup_logging(verbose: bool = True) -> None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m flaxtune",
                                 description="Fine-tune GPT-2 for text classification with JAX/Flax.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{train,eval,predict}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{train,eval,predict,export}")
 
     t = sub.add_parser("train", help="train a classifier; checkpoints go to --workdir",
                        epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--workdir", required=True, help="folder for checkpoints, tokenizer and metrics")
 
     e = sub.add_parser("eval", help="evaluate a checkpoint on a labelled file; last stdout line is JSON")
-    e.add_argument("--checkpoint", required=True, help="the --workdir of a train run")
+    e.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     e.add_argument("--data", required=True, help="labelled TSV, CSV or JSONL file")
     e.add_argument("--text-field", help="text column (default: the one used in training)")
     e.add_argument("--label-field", help="label column (default: the one used in training)")
@@ -53,9 +58,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="file format (default: from the extension)")
     e.add_argument("--step", type=int, help="checkpoint step (default: latest)")
     e.add_argument("--batch-size", type=int, default=32, help="per-device batch size (default 32)")
+    e.add_argument("--tokenizer", help=TOKENIZER_HELP)
 
     pr = sub.add_parser("predict", help="classify texts given as arguments or in a file")
-    pr.add_argument("--checkpoint", required=True, help="the --workdir of a train run")
+    pr.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     pr.add_argument("texts", nargs="*", help="texts to classify")
     pr.add_argument("--input", help="TSV, CSV or JSONL file with a text column (labels not needed)")
     pr.add_argument("--output", help="write JSONL {text, label, probs} here, in input order")
@@ -64,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--format", dest="file_format", choices=["tsv", "csv", "jsonl"])
     pr.add_argument("--step", type=int, help="checkpoint step (default: latest)")
     pr.add_argument("--batch-size", type=int, default=32, help="per-device batch size (default 32)")
+    pr.add_argument("--tokenizer", help=TOKENIZER_HELP)
+
+    x = sub.add_parser("export", help="write a checkpoint as a Hugging Face GPT2ForSequenceClassification folder")
+    x.add_argument("--checkpoint", required=True, help="the --workdir of a train run")
+    x.add_argument("--out", required=True, help="folder for config.json, model.safetensors and the tokenizer")
+    x.add_argument("--step", type=int, help="checkpoint step (default: latest)")
     return p
 
 
@@ -94,7 +106,7 @@ def cmd_train(args, overrides) -> int:
 def cmd_eval(args) -> int:
     from flaxtune.predict import Classifier
 
-    clf = Classifier.restore(args.checkpoint, step=args.step)
+    clf = Classifier.load(args.checkpoint, step=args.step, tokenizer=args.tokenizer)
     records = _read(args.data, clf, args, require_label=True)
     m = clf.evaluate(records, per_device_batch=args.batch_size)
     logging.getLogger("flaxtune").info("per-class %s; confusion matrix (rows true, cols predicted, labels %s) %s",
@@ -110,7 +122,7 @@ def cmd_predict(args) -> int:
 
     if bool(args.texts) == bool(args.input):
         raise SystemExit("predict: give texts as arguments or --input FILE (one of the two)")
-    clf = Classifier.restore(args.checkpoint, step=args.step)
+    clf = Classifier.load(args.checkpoint, step=args.step, tokenizer=args.tokenizer)
     if args.input:
         texts = [r.text for r in _read(args.input, clf, args, require_label=False)]
     else:
@@ -128,6 +140,17 @@ def cmd_predict(args) -> int:
     else:
         for p in preds:
             print(f"{p.label}\t{max(p.probs):.4f}\t{p.text}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from flaxtune.export import ExportError, export_hf
+
+    try:
+        out = export_hf(args.checkpoint, args.out, step=args.step)
+    except ExportError as e:
+        raise SystemExit(f"export: {e}")
+    print(out)
     return 0
 
 
@@ -150,12 +173,19 @@ def main(argv=None) -> int:
     from flaxtune.data.tokenize import TokenizationError
     from flaxtune.hub import WeightsError
 
+    from flaxtune.train import Preempted
+
     try:
         if args.command == "train":
             return cmd_train(args, overrides)
         if args.command == "eval":
             return cmd_eval(args)
+        if args.command == "export":
+            return cmd_export(args)
         return cmd_predict(args)
+    except Preempted as e:
+        print(f"flaxtune: {e}", file=sys.stderr)
+        return 128 + e.signum
     except (ConfigError, DataError, TokenizationError, WeightsError, CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

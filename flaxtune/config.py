@@ -134,6 +134,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("config.data.tfds_name is empty: set e.g. --config.data.tfds_name=glue/sst2")
     if c.max_length < 2:
         raise ConfigError(f"config.max_length must be at least 2, got {c.max_length}")
+    if c.init == "scratch" and "scratch_model" in c and "n_positions" in c.scratch_model:
+        check_max_length(c, c.scratch_model.n_positions)  # pretrained: checked once the model config is read
     t = c.train
     for name in ("batch_size", "eval_batch_size", "grad_accum_steps"):
         if t[name] < 1:

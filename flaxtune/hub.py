@@ -1,13 +1,16 @@
-"""Hugging Face GPT-2 import: hub id or local folder -> flaxtune parameters.
+"""Hugging Face GPT-2 import and export: hub id or local folder <-> flaxtune parameters.
 
 One code path for `gpt2` on the hub and for a local folder saved by
 `transformers` (`save_pretrained`): resolve to a local folder, read
 `config.json`, then weights from `model.safetensors` (PyTorch layout) or
-`flax_model.msgpack` (Hugging Face Flax layout).
+`flax_model.msgpack` (Hugging Face Flax layout). The way back
+(`save_torch_safetensors`) writes the PyTorch `GPT2ForSequenceClassification`
+layout; `flaxtune.export` builds whole folders from it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -87,7 +90,7 @@ def torch_state_from_params(params: dict) -> dict[str, np.ndarray]:
     for path, value in traverse_util.flatten_dict(params).items():
         value = np.asarray(value)
         if path[0] == "score":
-            out["score.weight"] = value.T
+            out["score.weight"] = np.ascontiguousarray(value.T)
             continue
         *mod, leaf = path[1:]
         if mod[0] in ("wte", "wpe"):
@@ -149,3 +152,60 @@ def merge_pretrained(init_params: dict, pretrained: dict, source: str) -> tuple[
                                f"the model expects {tuple(init_value.shape)}")
         merged[key] = np.asarray(value, dtype=init_value.dtype)
     return traverse_util.unflatten_dict(merged), new
+
+
+def is_hf_folder(path) -> bool:
+    """A Hugging Face model folder (config.json + weights), as opposed to a train workdir."""
+    path = Path(path)
+    return (path.is_dir() and (path / "config.json").is_file()
+            and any((path / f).is_file() for f in WEIGHT_FILES)
+            and not (path / "checkpoints").is_dir())
+
+
+def read_config_json(model_dir) -> dict:
+    return json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+
+
+def default_label_names(n: int) -> list[str]:
+    return [f"LABEL_{i}" for i in range(n)]
+
+
+def hf_label_names(model_dir, num_labels: int) -> list[str]:
+    """Class names of a folder's head, ordered by class id, from config.json `id2label`.
+
+    Missing `id2label` gives transformers' defaults `LABEL_0`, `LABEL_1`, ...; an
+    `id2label` that does not cover exactly ids 0..num_labels-1 is an error.
+    """
+    id2label = read_config_json(model_dir).get("id2label")
+    if not id2label:
+        return default_label_names(num_labels)
+    try:
+        by_id = {int(k): str(v) for k, v in id2label.items()}
+    except (TypeError, ValueError) as e:
+        raise WeightsError(f"{Path(model_dir) / 'config.json'}: id2label keys must be class ids, "
+                           f"got {sorted(id2label)}") from e
+    if sorted(by_id) != list(range(num_labels)):
+        raise WeightsError(
+            f"{Path(model_dir) / 'config.json'}: id2label has ids {sorted(by_id)}, but the "
+            f"classification head (score.weight) has {num_labels} labels")
+    names = [by_id[i] for i in range(num_labels)]
+    if len(set(names)) != len(names):
+        raise WeightsError(f"{Path(model_dir) / 'config.json'}: id2label repeats a name: {names}")
+    return names
+
+
+def save_torch_safetensors(params: dict, path) -> dict[str, np.ndarray]:
+    """Writes `params` as a PyTorch GPT2ForSequenceClassification `model.safetensors`.
+
+    Contiguous float32 arrays, metadata `format: pt` (older transformers refuse
+    a safetensors file without it). Returns the state dict written.
+    """
+    from safetensors.numpy import save_file
+
+    state = {k: np.ascontiguousarray(np.asarray(v, dtype=np.float32))
+             for k, v in torch_state_from_params(params).items()}
+    save_file(state, str(path), metadata={"format": "pt"})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)  # safetensors creates the file 0600; follow the umask like the rest
+    return state

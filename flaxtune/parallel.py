@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
-from flax import jax_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 AXIS = "batch"
 
@@ -27,8 +27,15 @@ class PmapStrategy:
         return len(self.devices)
 
     def replicate(self, tree):
-        """Host tree -> one copy per device (leading device axis)."""
-        return jax_utils.replicate(tree, self.devices)
+        """Host tree -> one copy per device (leading device axis).
+
+        Placed with the same mesh axis name pmap's outputs carry, so the step
+        compiled for step 1 is reused from step 2 on (no second compile).
+        """
+        mesh = Mesh(np.array(self.devices), (self.axis_name,))
+        sharding = NamedSharding(mesh, PartitionSpec(self.axis_name))
+        n = self.num_devices
+        return jax.tree.map(lambda x: jax.device_put(np.stack([np.asarray(x)] * n), sharding), tree)
 
     def to_host(self, tree):
         """Replicated device tree -> numpy tree without the device axis (what checkpoints hold)."""

@@ -7,9 +7,12 @@ batches -> train step -> eval -> Orbax checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ import optax
 from flaxtune import config as config_lib
 from flaxtune.checkpoint import Checkpoints, tokenizer_dir
 from flaxtune.data.labels import build_label_map, encode_labels
+from flaxtune.data.readers import where
 from flaxtune.data.pipeline import bucket_lengths, steps_per_epoch, train_batches
 from flaxtune.data.sources import load_split
 from flaxtune.data.tokenize import Tokenized, load_tokenizer, tokenize_texts
@@ -66,15 +70,68 @@ def train_step(state: TrainState, batch: dict, *, model, tx, strategy, seed: int
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
+class Preempted(RuntimeError):
+    """Training stopped on SIGTERM/SIGINT after saving a checkpoint; rerun to resume."""
+
+    def __init__(self, signum: int, step: int, workdir):
+        self.signum, self.step = signum, step
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint saved in "
+            f"{Path(workdir) / 'checkpoints' / str(step)}. Rerun the same train command "
+            "(same --config and --workdir) to resume from it.")
+
+
+@contextlib.contextmanager
+def stop_on_signals(signums=(signal.SIGTERM, signal.SIGINT)):
+    """Turns SIGTERM/SIGINT into a flag the loop checks between steps (main thread only)."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {s: signal.getsignal(s) for s in signums}
+
+    def handler(signum, frame):
+        if received:  # a second signal: stop now
+            signal.signal(signum, previous[signum])
+            raise KeyboardInterrupt
+        log.warning("%s received: finishing the current step and saving a checkpoint",
+                    signal.Signals(signum).name)
+        received.append(signum)
+
+    for s in signums:
+        signal.signal(s, handler)
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _truncate_jsonl(path: Path, after_step: int) -> None:
+    """Drops records logged after `after_step` (by a run that died before its next checkpoint)."""
+    if path.exists():
+        keep = [line for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= after_step]
+        path.write_text("".join(line + "\n" for line in keep))
+
+
 def prepare_split(records, label_names, tokenizer, max_length, vocab_size) -> Tokenized:
     labels = encode_labels(records, label_names)
     return tokenize_texts(tokenizer, [r.text for r in records], max_length, vocab_size=vocab_size,
-                          labels=labels, sources=[f"{r.source}:{r.line}" for r in records])
+                          labels=labels, sources=[where(r.source, r.line) for r in records])
+
+
+def _differences(saved, current, prefix=""):
+    if isinstance(saved, dict) and isinstance(current, dict):
+        out = []
+        for k in sorted(set(saved) | set(current), key=str):
+            out += _differences(saved.get(k), current.get(k), f"{prefix}{k}.")
+        return out
+    return [] if saved == current else [f"{prefix[:-1]}: checkpoint has {saved!r}, this run has {current!r}"]
 
 
 def _check_resume_compatible(meta: dict, expected: dict, workdir) -> None:
-    diffs = [f"{k}: checkpoint has {meta.get(k)!r}, this run has {v!r}"
-             for k, v in expected.items() if meta.get(k) != v]
+    diffs = _differences({k: meta.get(k) for k in expected}, expected)
     if diffs:
         raise config_lib.ConfigError(
             f"--workdir {workdir} holds checkpoints of a different run:\n  " + "\n  ".join(diffs)
@@ -102,7 +159,7 @@ def train_and_evaluate(config, workdir) -> dict:
 
     train_records = load_split(config.data, "train")
     eval_records = load_split(config.data, "eval")
-    label_names = build_label_map(r.label for r in train_records)
+    label_names = build_label_map(train_records)
     train_data = prepare_split(train_records, label_names, tokenizer, config.max_length, dims.vocab_size)
     eval_data = prepare_split(eval_records, label_names, tokenizer, config.max_length, dims.vocab_size)
     log.info("data: %d train / %d eval examples; labels %s", len(train_data), len(eval_data), label_names)
@@ -118,11 +175,15 @@ def train_and_evaluate(config, workdir) -> dict:
 
     model = GPT2Classifier(dims, len(label_names), dtype=DTYPES[config.dtype])
     tx, schedule = make_optimizer(t, total_steps)
+    # What makes a checkpoint part of this run (resuming is refused if any differs).
     identity = {"label_names": label_names, "model_config": source.hf_config.to_dict(),
-                "max_length": config.max_length}
+                "max_length": config.max_length, "seed": config.seed, "batch_size": t.batch_size,
+                "grad_accum_steps": t.grad_accum_steps}
     identity["model_config"].pop("transformers_version", None)
+    identity = json.loads(json.dumps(identity))  # as it reads back from the checkpoint
 
-    ckpts = Checkpoints(workdir, max_to_keep=t.max_checkpoints_to_keep)
+    ckpts = Checkpoints(workdir, max_to_keep=t.max_checkpoints_to_keep,
+                        best_metric=t.keep_best_metric, best_mode=t.keep_best_mode)
     step = 0
     if ckpts.latest_step() is not None:
         meta = ckpts.read_meta()
@@ -131,9 +192,11 @@ def train_and_evaluate(config, workdir) -> dict:
         params, opt_state, meta = ckpts.restore_train(like, jax.eval_shape(tx.init, like))
         params, opt_state = jax.device_get((params, opt_state))
         step = int(meta["step"])
+        for name in ("train_metrics.jsonl", "eval_metrics.jsonl"):
+            _truncate_jsonl(workdir / name, step)
         log.info("resuming from %s at step %d", ckpts.directory / str(step), step)
     else:
-        params = initial_params(model, source, config.seed)
+        params = initial_params(model, source, config.seed, label_names=label_names)
         opt_state = tx.init(params)
     tokenizer.save_pretrained(str(tokenizer_dir(workdir)))
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
@@ -162,13 +225,13 @@ def train_and_evaluate(config, workdir) -> dict:
 
     def save(state, metrics):
         host = strategy.to_host(state)
-        ckpts.save(step, host.params, host.opt_state, meta_for(step, metrics))
+        ckpts.save(step, host.params, host.opt_state, meta_for(step, metrics), metrics)
 
     log.info("training %d steps (%d per epoch, global batch %d on %d devices), from step %d",
              total_steps, spe, t.batch_size, strategy.num_devices, step)
     eval_metrics, last_saved, last_eval_step = None, step, None
     window, window_start, window_examples = [], time.time(), 0
-    try:
+    with stop_on_signals() as stop, contextlib.closing(ckpts):
         while step < total_steps:
             epoch, skip = divmod(step, spe)
             for batch in train_batches(train_data, global_batch=t.batch_size,
@@ -197,12 +260,15 @@ def train_and_evaluate(config, workdir) -> dict:
                 if step % ckpt_every == 0 or step == total_steps:
                     save(state, eval_metrics if last_eval_step == step else None)
                     last_saved = step
+                if stop and step < total_steps:
+                    if last_saved != step:
+                        save(state, eval_metrics if last_eval_step == step else None)
+                    ckpts.wait()
+                    raise Preempted(stop[0], step, workdir)
                 if step >= total_steps:
                     break
         if eval_metrics is None or last_eval_step != step:
             eval_metrics = evaluate(state)
         if last_saved != step or ckpts.latest_step() != step:
             save(state, eval_metrics)
-    finally:
-        ckpts.close()
     return eval_metrics

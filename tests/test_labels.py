@@ -17,8 +17,22 @@ def test_string_labels_sort_as_strings():
     assert build_label_map(["positive", "negative", "positive"]) == ["negative", "positive"]
     # mixed ints and strings -> plain string order
     assert build_label_map(["10", "2", "x"]) == ["10", "2", "x"]
-    # case-sensitive
-    assert build_label_map(["b", "B", "a"]) == ["B", "a", "b"]
+    # case-sensitive order (upper case first)
+    assert build_label_map(["b", "C", "a"]) == ["C", "a", "b"]
+
+
+@pytest.mark.parametrize("variants", [["positive", "Positive"], ["1", "1.0"], ["1", "01"], ["NEG", "neg"]])
+def test_label_spelling_variants_are_rejected_not_merged(variants):
+    recs = [Record("t", lab, "train.csv", i + 2) for i, lab in enumerate(["negative", *variants])]
+    with pytest.raises(DataError) as e:
+        build_label_map(recs)
+    msg = str(e.value)
+    a, b = sorted(variants)
+    assert f"{a!r} (first at train.csv, line {variants.index(a) + 3})" in msg
+    assert f"{b!r} (first at train.csv, line {variants.index(b) + 3})" in msg
+    assert "make the spelling consistent" in msg
+    with pytest.raises(DataError, match="spelled differently"):
+        build_label_map(variants + ["other"])  # plain strings: same check, no locations
 
 
 def test_deterministic_regardless_of_order():
@@ -54,4 +68,11 @@ def test_encode_unknown_label():
     with pytest.raises(DataError) as e:
         encode_labels(recs, ["negative", "positive"])
     msg = str(e.value)
-    assert "'neutral'" in msg and "dev.jsonl, line 7" in msg and "['negative', 'positive']" in msg
+    assert "dev.jsonl, line 7, field 'label': unknown label 'neutral'" in msg and "['negative', 'positive']" in msg
+
+
+def test_encode_case_variant_hints_the_known_label():
+    with pytest.raises(DataError) as e:
+        encode_labels([Record("t", "Positive", "dev.tsv", 3)], ["negative", "positive"])
+    assert "dev.tsv, line 3, field 'label': unknown label 'Positive'" in str(e.value)
+    assert "Did you mean 'positive'?" in str(e.value)

@@ -22,8 +22,9 @@ Formats
     string; the label may be a string or an integer (stored as ``str(value)``,
     an integral float such as ``1.0`` is stored as ``"1"``); ``null`` labels are
     stored as ``None`` (validation then reports them as missing); booleans and
-    other types are errors. A file holding one JSON array is rejected with a
-    hint on how to convert it.
+    other types are errors. A text or label key repeated within one object is an error (JSON
+    parsers would silently keep the last value). A file holding one JSON array
+    is rejected with a hint on how to convert it.
 
 The file is read as bytes and decoded as a whole with ``encoding``; with
 ``"utf-8"`` (the default) a leading byte order mark is stripped. Undecodable
@@ -77,6 +78,10 @@ class Record:
     label: str | None  # raw label string ("1", "positive"); None only when labels are not required
     source: str  # file path, or "tfds:glue/sst2[train]"
     line: int  # 1-based physical line where the record starts (tfds: 1-based record index)
+    # Column / key / feature names the text and label came from, so that validation errors name
+    # the real field (e.g. 'sentence') whoever calls validate_records. Not part of equality.
+    text_field: str = dataclasses.field(default="text", compare=False, repr=False)
+    label_field: str = dataclasses.field(default="label", compare=False, repr=False)
 
 
 def where(source: str, line: int) -> str:
@@ -232,7 +237,7 @@ def _parse_tsv(text, source, text_field, label_field, require_label) -> list[Rec
         if len(fields) != len(header):
             raise _wrong_count(source, lineno, len(fields), len(header), header, "tsv")
         label = fields[label_idx] if label_idx is not None else None
-        records.append(Record(text=fields[text_idx], label=label, source=source, line=lineno))
+        records.append(Record(fields[text_idx], label, source, lineno, text_field, label_field))
     if header is None:
         raise DataError(f"{source}: file is empty; a header line ({text_field}<TAB>{label_field}) and data rows are required.")
     return records
@@ -266,7 +271,7 @@ def _parse_csv(text, source, text_field, label_field, require_label) -> list[Rec
         if len(row) != len(header):
             raise _wrong_count(source, start, len(row), len(header), header, "csv")
         label = row[label_idx] if label_idx is not None else None
-        records.append(Record(text=row[text_idx], label=label, source=source, line=start))
+        records.append(Record(row[text_idx], label, source, start, text_field, label_field))
     if header is None:
         raise DataError(f"{source}: file is empty; a header line ({text_field},{label_field}) and data rows are required.")
     return records
@@ -299,9 +304,30 @@ def _json_label(value, source, lineno, label_field):
     )
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key):
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicate_keys(watched):
+    """``object_pairs_hook`` refusing a repeated text/label key (json keeps the last one silently)."""
+
+    def hook(pairs):
+        obj = {}
+        for key, value in pairs:
+            if key in obj and key in watched:
+                raise _DuplicateKey(key)
+            obj[key] = value
+        return obj
+
+    return hook
+
+
 def _parse_jsonl(text, source, text_field, label_field, require_label) -> list[Record]:
     records: list[Record] = []
     first = True
+    hook = _no_duplicate_keys({text_field, label_field})
     for lineno, raw in enumerate(text.split("\n"), start=1):
         line = raw.strip()
         if not line:
@@ -314,7 +340,12 @@ def _parse_jsonl(text, source, text_field, label_field, require_label) -> list[R
             )
         first = False
         try:
-            obj = json.loads(line)
+            obj = json.loads(line, object_pairs_hook=hook)
+        except _DuplicateKey as e:
+            raise DataError(
+                f"{where(source, lineno)}, field {e.key!r}: the key {e.key!r} appears more than once in this "
+                "object; JSON parsers silently keep only the last value, so remove the duplicate."
+            ) from None
         except json.JSONDecodeError as e:
             hint = (
                 " The file looks like pretty-printed JSON; JSONL needs each object on a single line "
@@ -345,7 +376,7 @@ def _parse_jsonl(text, source, text_field, label_field, require_label) -> list[R
                 f"{type(value).__name__} ({json.dumps(value)[:80]}); fix the record or set data.text_field."
             )
         label = _json_label(obj[label_field], source, lineno, label_field) if label_field in obj else None
-        records.append(Record(text=value, label=label, source=source, line=lineno))
+        records.append(Record(value, label, source, lineno, text_field, label_field))
     if first:
         raise DataError(
             f"{source}: file is empty; JSONL needs one JSON object per line like "

@@ -24,7 +24,11 @@ def load_split(data_config, which: str) -> list[Record]:
         records = read_tfds(d.tfds_name, split=split, data_dir=d.tfds_data_dir or None,
                             text_field=d.text_field, label_field=d.label_field,
                             download=d.tfds_download)
-    records, report = validate_records(records, skip_invalid=d.skip_invalid)
+    records, report = validate_records(records, skip_invalid=d.skip_invalid,
+                                       text_field=d.text_field, label_field=d.label_field)
     if report.get("skipped"):
-        log.warning("%s data: skipped %d invalid records (%s)", which, report["skipped"], report.get("reasons"))
+        reasons = ", ".join(f"{k}: {v}" for k, v in report["reasons"].items() if v)
+        where = records[0].source if records else which
+        log.warning("%s data (%s): skipped %d invalid records (%s) because data.skip_invalid=True; "
+                    "%d records kept", which, where, report["skipped"], reasons, len(records))
     return records

@@ -15,18 +15,30 @@ as missing. Content validation is left to
 
 With ``download=False`` (the default) nothing is ever downloaded: if the
 dataset has not been prepared in ``data_dir`` a :class:`DataError` is raised at
-once.
+once. With ``download=True`` and a dataset not yet prepared, a short
+connectivity probe (:func:`network_available`, a few seconds at most) runs
+first, so an offline machine gets a :class:`DataError` naming the dataset and
+``data_dir`` at once instead of tfds retrying each download URL; any error
+raised while downloading or preparing is turned into a :class:`DataError` too.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import threading
+from urllib.parse import urlsplit
 
 import numpy as np
 
 from .readers import DataError, Record
 
-__all__ = ["read_tfds", "hide_accelerators_from_tf"]
+__all__ = ["read_tfds", "hide_accelerators_from_tf", "network_available"]
+
+# tfds downloads from many hosts; this one (tfds' own GCS bucket) stands for "the internet".
+PROBE_HOST = ("storage.googleapis.com", 443)
+PROBE_TIMEOUT_S = 5.0
 
 log = logging.getLogger(__name__)
 _hidden = False
@@ -45,6 +57,66 @@ def hide_accelerators_from_tf() -> None:
         if tf.config.get_visible_devices("GPU"):
             log.warning("could not hide GPUs from TensorFlow (%s); TF may take accelerator memory", e)
     _hidden = True
+
+
+def _probe_target() -> tuple[str, int]:
+    """The host to probe: the HTTPS proxy when one is configured, else :data:`PROBE_HOST`."""
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    if proxy:
+        parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        if parts.hostname:
+            return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    return PROBE_HOST
+
+
+def network_available(timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """True if a TCP connection to the download host (or the HTTPS proxy) opens within ``timeout`` s.
+
+    Runs in a daemon thread so that a hanging DNS lookup cannot block longer than ``timeout``.
+    """
+    host, port = _probe_target()
+    ok = []
+
+    def probe():
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                ok.append(True)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=probe, daemon=True, name="flaxtune-net-probe")
+    t.start()
+    t.join(timeout + 0.5)
+    return bool(ok)
+
+
+def _where_dir(data_dir, builder) -> str:
+    shown = data_dir if data_dir else "None (tfds default)"
+    return f"data_dir={shown} (looked in {builder.data_dir})"
+
+
+def _download(builder, name: str, source: str, data_dir) -> None:
+    if builder.is_prepared():
+        return
+    offline_fix = (
+        f"prepare it on a machine with internet (`tfds build {name} --data_dir=DIR`), copy DIR here and set "
+        "data.tfds_data_dir=DIR, or use local files (data.source=files)."
+    )
+    if not network_available():
+        host, port = _probe_target()
+        raise DataError(
+            f"{source}: dataset {name!r} is not prepared in {_where_dir(data_dir, builder)} and cannot be "
+            f"downloaded: no network ({host}:{port} unreachable within {PROBE_TIMEOUT_S:g} s). To fix: "
+            f"{offline_fix}"
+        )
+    try:
+        builder.download_and_prepare()
+    except Exception as e:  # network errors, missing optional deps, checksum errors, ...
+        first = (str(e).splitlines() or [""])[0][:300]
+        raise DataError(
+            f"{source}: downloading/preparing dataset {name!r} into {_where_dir(data_dir, builder)} failed: "
+            f"{type(e).__name__}: {first}. To fix: check the network, or {offline_fix}"
+        ) from e
 
 
 def _decode_text(value, source: str, index: int, field: str) -> str:
@@ -90,14 +162,14 @@ def read_tfds(
         ) from None
 
     if download:
-        builder.download_and_prepare()
+        _download(builder, name, source, data_dir)
     try:
         ds = builder.as_dataset(split=split, shuffle_files=False)
     except AssertionError:
         # tfds signals "not prepared in data_dir" with an AssertionError.
         raise DataError(
-            f"{source}: dataset {name!r} is not prepared in data_dir={data_dir if data_dir else 'None (tfds default)'} "
-            f"(looked in {builder.data_dir}). Nothing is downloaded with download=False: set data.tfds_download=True "
+            f"{source}: dataset {name!r} is not prepared in {_where_dir(data_dir, builder)}. "
+            f"Nothing is downloaded with download=False: set data.tfds_download=True "
             f"(needs internet), or prepare it elsewhere with `tfds build {name} --data_dir=DIR` and set "
             "data.tfds_data_dir=DIR."
         ) from None
@@ -143,5 +215,5 @@ def read_tfds(
                 f"{source}, record {index}, field {label_field!r}: unsupported label value {raw!r} "
                 f"({type(raw).__name__}); the label feature must be an integer or string."
             )
-        records.append(Record(text=text, label=label, source=source, line=index))
+        records.append(Record(text, label, source, index, text_field, label_field))
     return records

@@ -1,4 +1,15 @@
-"""GPT-2 tokenizer loading and one-pass tokenization of a whole data set."""
+"""GPT-2 tokenizer loading and one-pass tokenization of a whole data set.
+
+Texts are encoded exactly as the Hugging Face tokenizer encodes them with
+``add_special_tokens=False`` (byte-level BPE: any Unicode text, emoji included,
+round-trips exactly). A literal ``<|endoftext|>`` inside a text is *not* spelled
+out: like ``AutoTokenizer.from_pretrained("gpt2")``, the tokenizer maps it to
+the special token id 50256 (which is also the pad id when the tokenizer has no
+pad token). That is harmless here: which positions are real tokens comes from
+the tokenizer's attention mask and the per-text lengths, never from
+``ids == pad_token_id``, and the classifier pools the last real token
+(:func:`flaxtune.model.last_token_index` reads the mask).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
+from flaxtune.data.readers import DataError
+
 log = logging.getLogger(__name__)
 
 
-class TokenizationError(ValueError):
-    pass
+class TokenizationError(DataError):
+    """A text cannot be turned into token ids the model accepts (a :class:`DataError`)."""
 
 
 def load_tokenizer(name_or_path: str):
@@ -70,10 +83,15 @@ def tokenize_texts(tokenizer, texts: list[str], max_length: int, *, vocab_size: 
             arr = np.asarray(row[:n], dtype=np.int32)
             if arr.max() >= vocab_size or arr.min() < 0:
                 bad = int(arr.max() if arr.max() >= vocab_size else arr.min())
+                try:
+                    token = f": it is the token {tokenizer.convert_ids_to_tokens(bad)!r}"
+                except Exception:  # noqa: BLE001 - only for the message
+                    token = ""
                 raise TokenizationError(
                     f"{where}: token id {bad} is outside the model's embedding table "
-                    f"(vocab_size={vocab_size}); the tokenizer ({len(tokenizer)} tokens) does not "
-                    "match the model — use the model's own tokenizer")
+                    f"(vocab_size={vocab_size}, ids 0..{vocab_size - 1}){token}; the tokenizer "
+                    f"({len(tokenizer)} tokens) does not match the model — use the model's own tokenizer, "
+                    "without added tokens")
             ids.append(arr)
     if truncated:
         log.info("truncated %d of %d texts to max_length=%d tokens", truncated, len(texts), max_length)

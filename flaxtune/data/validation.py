@@ -50,13 +50,15 @@ def validate_records(
     *,
     skip_invalid: bool = False,
     require_label: bool = True,
-    text_field: str = "text",
-    label_field: str = "label",
+    text_field: str | None = None,
+    label_field: str | None = None,
 ) -> tuple[list[Record], dict]:
     """Check records; return ``(valid_records, report)``.
 
     ``text_field`` / ``label_field`` are only used to name the field in error
-    messages. Returned records carry normalised (stripped) labels.
+    messages; ``None`` (default) uses the field each record was read from
+    (``Record.text_field`` / ``Record.label_field``, set by the readers).
+    Returned records carry normalised (stripped) labels.
     """
     records = list(records)
     valid: list[Record] = []
@@ -66,12 +68,12 @@ def validate_records(
         label = _normalise_label(rec.label)
         if not rec.text.strip():
             detail = "text is empty" if rec.text == "" else f"text is whitespace-only ({rec.text!r})"
-            problems.append((rec, EMPTY_TEXT, text_field, detail))
+            problems.append((rec, EMPTY_TEXT, text_field or rec.text_field, detail))
             reasons[EMPTY_TEXT] += 1
             continue
         if require_label and label is None:
             detail = "label is missing" if rec.label is None else f"label is missing ({rec.label!r})"
-            problems.append((rec, MISSING_LABEL, label_field, detail))
+            problems.append((rec, MISSING_LABEL, label_field or rec.label_field, detail))
             reasons[MISSING_LABEL] += 1
             continue
         valid.append(rec if label == rec.label else dataclasses.replace(rec, label=label))
