@@ -13,9 +13,11 @@ Variants (each run in its own subprocess, so peak RSS is per variant):
 plus two helper subprocesses per round: `peak` (jitted fp32 matmul peak, the MFU denominator)
 and `pipeline` (train_batches alone, no train step).
 
-All variants read the same first rows of the SST-2 train file and run one pass over them:
-the same examples, the same number of optimizer steps, the same global batch. Each subprocess
-checks what it actually trained on (steps, examples, a digest of the token ids) and the parent
+The measured steps of all variants are one pass over the same first --examples rows of the
+SST-2 train file: the same examples, the same number of optimizer steps, the same global batch.
+Before them each variant runs warm-up steps covering every padded length its measured batches
+use (so nothing compiles while measuring), on rows after the measured subset. Each subprocess
+records what it actually trained on (steps, examples, a digest of the token ids) and the parent
 compares them.
 
     python benchmarks/bench.py                        # defaults: 1,024 measured examples, 3 repeats
@@ -42,6 +44,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -113,20 +116,60 @@ def build_config(args):
 
 
 def total_steps(args) -> int:
-    return args.warmup_steps + args.examples // args.batch_size
+    """Length of the learning-rate schedule, the same for every variant: an upper bound on
+    warm-up (W + one step per possible padded length) plus the measured steps."""
+    from flaxtune.data.pipeline import bucket_lengths
+
+    return args.warmup_steps + len(bucket_lengths(args.max_length)) + args.examples // args.batch_size
 
 
 def load_subset(config, args):
-    """Records (flaxtune's readers + validation) of the first rows, and the label map."""
+    """(measured, pool, label names): the first --examples rows of the train file (flaxtune's
+    readers + validation), every later row (warm-up examples are taken from there, so they are
+    never among the measured ones), and the label map of the whole file."""
     from flaxtune.data.labels import build_label_map
     from flaxtune.data.sources import load_split
 
     records = load_split(config.data, "train")
-    n = total_steps(args) * args.batch_size
+    n = args.examples + (args.warmup_steps + 1) * args.batch_size
     if len(records) < n:
-        raise SystemExit(f"{config.data.train_file} has {len(records)} rows, the run needs {n}")
-    records = records[:n]
-    return records, build_label_map(r.label for r in records)
+        raise SystemExit(f"{config.data.train_file} has {len(records)} rows, the run needs at least {n}")
+    return records[:args.examples], records[args.examples:], build_label_map(records)
+
+
+def warmup_plan(measured_t: list[int], warmup_steps: int) -> list[int]:
+    """Padded length of every warm-up step: W steps at the most common length of the measured
+    batches, then one step per distinct length they use (so after warm-up each measured shape has
+    been run at least once with a state that has already been through a step)."""
+    common = Counter(measured_t).most_common(1)[0][0]
+    return [common] * warmup_steps + sorted(set(measured_t))
+
+
+def pick_warmup_rows(plan: list[int], batch: int, pool_lengths, buckets: list[int]) -> list[list[int]]:
+    """Pool row indices for each warm-up step of `plan` (padded length T), each row used once:
+    `batch` rows from T's length bucket (longest token count in (previous bucket, T]), in file
+    order, as length-grouped batching builds them. If the pool runs short for a bucket, the batch is
+    filled with shorter rows (it still pads to T: at least one row is from T's bucket).
+    Returns None if the pool (so far) cannot fill the plan."""
+    from flaxtune.data.pipeline import bucket_for
+
+    lengths = np.asarray(pool_lengths)
+    bucket = np.array([bucket_for(int(n), buckets) for n in lengths], dtype=np.int64)
+    used = np.zeros(len(lengths), bool)
+    picks = []
+    for t in plan:
+        same = np.flatnonzero((bucket == t) & ~used)[:batch]
+        if len(same) == 0:
+            return None
+        rows = list(same)
+        if len(rows) < batch:
+            shorter = np.flatnonzero((lengths <= t) & (bucket != t) & ~used)[:batch - len(rows)]
+            rows += list(shorter)
+        if len(rows) < batch:
+            return None
+        used[rows] = True
+        picks.append([int(r) for r in rows])
+    return picks
 
 
 def fixed_order(n: int, batch: int, seed: int) -> np.ndarray:
@@ -198,11 +241,11 @@ class StepLog:
     def __init__(self, dims, warmup_steps):
         self.dims, self.warmup = dims, warmup_steps
         self.steps = []
-        self.examples = []
+        self.examples = []  # per step: the token-id tuples of its examples
 
     def add(self, *, seconds, fetch_seconds, examples, real_tokens, padded_tokens, lengths,
             rows, t, compiles=0, compile_names=(), compile_event_s=0.0):
-        self.examples.extend(examples)
+        self.examples.append(list(examples))
         self.steps.append({
             "s": seconds, "fetch_s": fetch_seconds, "examples": len(examples), "real_tokens": real_tokens,
             "padded_tokens": padded_tokens, "T": t, "compiles": compiles,
@@ -213,25 +256,34 @@ class StepLog:
 
     def summary(self) -> dict:
         st = self.steps
-        measured = st[self.warmup:]
+        warm, measured = st[:self.warmup], st[self.warmup:]
         steady = [s for s in measured if s["compiles"] == 0]
 
         def total(rows, key):
             return float(sum(r[key] for r in rows))
 
+        def compile_seconds(rows):
+            rows = [r for r in rows if r["compiles"]]
+            return total(rows, "s") - total(rows, "fetch_s")
+
         steady_s, measured_s = total(steady, "s"), total(measured, "s")
-        shapes = {}
-        for s in st:
+        shapes, warm_shapes = {}, {}
+        for s in measured:
             shapes[str(s["T"])] = shapes.get(str(s["T"]), 0) + 1
+        for s in warm:
+            warm_shapes[str(s["T"])] = warm_shapes.get(str(s["T"]), 0) + 1
         after = [n for s in measured for n in s["compile_names"]]
+        measured_examples = [e for ex in self.examples[self.warmup:] for e in ex]
         return {
             "steps": len(st),
             "warmup_steps": self.warmup,
             "measured_steps": len(measured),
             "steady_steps": len(steady),
-            "examples_total": len(self.examples),
-            "examples_measured": int(total(measured, "examples")),
-            "examples_digest": digest(self.examples),
+            "examples_total": sum(len(ex) for ex in self.examples),
+            "examples_warmup": int(total(warm, "examples")),
+            "examples_measured": len(measured_examples),
+            "examples_digest": digest(measured_examples),
+            "warmup_examples_digest": digest([e for ex in self.examples[:self.warmup] for e in ex]),
             "examples_per_s": total(steady, "examples") / steady_s if steady_s else float("nan"),
             "examples_per_s_wall": total(measured, "examples") / measured_s if measured_s else float("nan"),
             "real_tokens_per_s": total(steady, "real_tokens") / steady_s if steady_s else float("nan"),
@@ -240,14 +292,17 @@ class StepLog:
             "step_s_median": statistics.median(s["s"] for s in steady) if steady else float("nan"),
             "fetch_s_median": statistics.median(s["fetch_s"] for s in steady) if steady else float("nan"),
             "first_step_s": st[0]["s"] if st else float("nan"),
-            "compile_s": total([s for s in st if s["compiles"]], "s") - total([s for s in st if s["compiles"]], "fetch_s"),
+            "compile_s": compile_seconds(warm),
+            "compile_s_after_warmup": compile_seconds(measured),
             "compile_event_s": total(st, "compile_event_s"),
             "compiles_total": int(total(st, "compiles")),
+            "compiles_warmup": int(total(warm, "compiles")),
             "compiles_after_warmup": int(total(measured, "compiles")),
             "compiled_after_warmup": after,
             "useful_flops_per_s": total(steady, "useful_flops") / steady_s if steady_s else float("nan"),
             "executed_flops_per_s": total(steady, "executed_flops") / steady_s if steady_s else float("nan"),
             "shapes": shapes,
+            "warmup_shapes": warm_shapes,
             "step_times_s": [round(s["s"], 5) for s in st],
             "step_T": [s["T"] for s in st],
             "step_compiles": [s["compiles"] for s in st],
@@ -293,7 +348,7 @@ def run_torch(args) -> dict:
     torch.set_num_threads(args.torch_threads or num_cores())
     torch.manual_seed(args.seed)
     config = build_config(args)
-    records, label_names = load_subset(config, args)
+    records, pool, label_names = load_subset(config, args)
     label_ids = {name: i for i, name in enumerate(label_names)}
     dims = model_dims(config)
 
@@ -309,15 +364,20 @@ def run_torch(args) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.learning_rate, eps=t.adam_eps)
     order = fixed_order(len(records), t.batch_size, config.seed)
     scheduler = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=0,
-                                                num_training_steps=len(order))
-    log = StepLog(dims, args.warmup_steps)
+                                                num_training_steps=total_steps(args))
+    # Warm-up: every batch has the shape max_length, so W + 1 steps at it, on pool rows
+    # (the same rows as b's warm-up).
+    plan = warmup_plan([config.max_length] * len(order), args.warmup_steps)
+    warm_rows = fixed_warmup_rows(plan, t.batch_size)
+    steps = [[pool[i] for i in rows] for rows in warm_rows] + [[records[i] for i in rows] for rows in order]
+    log = StepLog(dims, len(plan))
     setup_s = time.perf_counter() - PROCESS_START
-    for rows in order:
+    for recs in steps:
         t0 = time.perf_counter()
         # The tutorial's collator: tokenize the batch's texts, pad to max_length.
-        enc = tokenizer([records[i].text for i in rows], padding="max_length", truncation=True,
+        enc = tokenizer([r.text for r in recs], padding="max_length", truncation=True,
                         max_length=config.max_length, return_tensors="pt")
-        labels = torch.tensor([label_ids[records[i].label] for i in rows])
+        labels = torch.tensor([label_ids[r.label] for r in recs])
         t1 = time.perf_counter()
         model.zero_grad()
         out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], labels=labels)
@@ -338,6 +398,7 @@ def run_torch(args) -> dict:
             "torch_threads": torch.get_num_threads(),
             "attn_implementation": getattr(model.config, "_attn_implementation", None),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "warmup_plan": plan, "warmup_rows": [[args.examples + i for i in rows] for rows in warm_rows],
             "dtype": "float32", **log.summary()}
 
 
@@ -395,58 +456,116 @@ def train_batches_kwargs(config, data, seed_epoch=0) -> dict:
     return kwargs
 
 
+def fixed_warmup_rows(plan: list[int], batch: int) -> list[list[int]]:
+    """Warm-up pool rows of a and b (every batch padded to max_length, any row fits): the first
+    len(plan) * batch rows after the measured subset, in file order."""
+    return [list(range(k * batch, (k + 1) * batch)) for k in range(len(plan))]
+
+
+def pad_fixed(data, rows, batch: int, tmax: int) -> dict:
+    """b's batch: the rows' token ids padded to exactly max_length (device axis of 1)."""
+    ids = np.zeros((batch, tmax), np.int32)
+    mask = np.zeros((batch, tmax), np.int32)
+    for j, i in enumerate(rows):
+        ids[j, :len(data.ids[i])] = data.ids[i]
+        mask[j, :len(data.ids[i])] = 1
+    return {"input_ids": ids.reshape(1, batch, tmax), "attention_mask": mask.reshape(1, batch, tmax),
+            "labels": data.labels[rows].astype(np.int32).reshape(1, batch)}
+
+
+def batch_t(batch: dict) -> int:
+    return int(np.asarray(batch["input_ids"]).shape[-1])
+
+
+def grouped_warmup_batches(config, pool, label_names, plan, kw) -> tuple[list[dict], list[list[int]]]:
+    """c's warm-up batches: for each planned length T, `batch` pool rows from T's bucket, batched
+    by flaxtune's own train_batches (same arguments as the measured run), so they are padded and
+    laid out exactly like the measured batches. Pool rows are tokenized in chunks until every
+    bucket of the plan is filled. Returns the batches and their pool row indices."""
+    from flaxtune.data.pipeline import train_batches
+    from flaxtune.data.tokenize import Tokenized, load_tokenizer
+    from flaxtune.train import prepare_split
+
+    tokenizer = load_tokenizer(config.tokenizer)
+    b, chunk = kw["global_batch"], 4096
+    ids, labels, picks = [], [], None
+    for start in range(0, len(pool), chunk):
+        part = prepare_split(pool[start:start + chunk], label_names, tokenizer, config.max_length,
+                             int(config.scratch_model.vocab_size))
+        ids += part.ids
+        labels.append(part.labels)
+        picks = pick_warmup_rows(plan, b, [len(x) for x in ids], kw["buckets"])
+        if picks is not None:
+            break
+    if picks is None:
+        raise SystemExit(f"the {len(pool)} rows after the measured subset cannot fill the warm-up plan {plan} "
+                         f"(batch {b}): too few texts of some length")
+    labels = np.concatenate(labels)
+    batches = []
+    for t, rows in zip(plan, picks):
+        sub = Tokenized(ids=[ids[i] for i in rows], labels=labels[rows])
+        got = list(train_batches(sub, **{**kw, "epoch": 0}))
+        if len(got) != 1 or batch_t(got[0]) != t:
+            raise RuntimeError(f"warm-up batch for length {t}: train_batches gave "
+                               f"{[batch_t(g) for g in got]} from rows of lengths {sorted(len(ids[i]) for i in rows)}")
+        batches.append(got[0])
+    return batches, picks
+
+
 def run_flaxtune(args, fixed_padding: bool) -> dict:
-    """(b) fixed padding to max_length / (c) flaxtune's train_batches."""
+    """(b) fixed padding to max_length / (c) flaxtune's train_batches.
+
+    Warm-up first (batches of pool rows, never measured examples), covering every shape the
+    measured batches have, then one pass over the measured subset, timed step by step."""
     import jax
 
     counter = CompileCounter()
     config = build_config(args)
-    records, label_names = load_subset(config, args)
+    records, pool, label_names = load_subset(config, args)
     dims = model_dims(config)
     data, _ = tokenized_subset(config, records, label_names)
-    if not fixed_padding:
-        # train_batches imports TensorFlow on its first batch; do it here so that the seconds
-        # land in setup_s, not in the first step's compile time.
-        from flaxtune.data.pipeline import tf_cpu_only
-
-        tf_cpu_only()
-    strategy, state, p_step, param_counts = flaxtune_trainer(config, len(label_names), total_steps(args))
     b, tmax = config.train.batch_size, config.max_length
 
     if fixed_padding:
         order = fixed_order(len(data), b, config.seed)
+        plan = warmup_plan([tmax] * len(order), args.warmup_steps)
+        warm_rows = fixed_warmup_rows(plan, b)
+        pool_data, _ = tokenized_subset(config, pool[:len(plan) * b], label_names)
+        warm_batches = [pad_fixed(pool_data, rows, b, tmax) for rows in warm_rows]
 
         def batches():
             for rows in order:
-                ids = np.zeros((b, tmax), np.int32)
-                mask = np.zeros((b, tmax), np.int32)
-                for j, i in enumerate(rows):
-                    ids[j, :len(data.ids[i])] = data.ids[i]
-                    mask[j, :len(data.ids[i])] = 1
-                yield {"input_ids": ids.reshape(1, b, tmax), "attention_mask": mask.reshape(1, b, tmax),
-                       "labels": data.labels[rows].astype(np.int32).reshape(1, b)}
+                yield pad_fixed(data, rows, b, tmax)
         pipeline_kwargs = None
+        planned_t = [tmax] * len(order)
     else:
-        from flaxtune.data.pipeline import train_batches
+        from flaxtune.data.pipeline import tf_cpu_only, train_batches
 
+        # train_batches imports TensorFlow on its first batch; do it here so that the seconds
+        # land in setup_s, not in the first step's compile time.
+        tf_cpu_only()
         kw = train_batches_kwargs(config, data)
         pipeline_kwargs = dict(kw)
+        # A dry pass over the measured epoch (no step) to learn which padded lengths it uses;
+        # the order depends only on (seed, epoch), so the timed pass below yields the same batches.
+        planned_t = [batch_t(x) for x in train_batches(data, **kw)]
+        if not planned_t:
+            raise SystemExit(f"train_batches gave no batch for {len(data)} examples at batch {b}")
+        plan = warmup_plan(planned_t, args.warmup_steps)
+        warm_batches, warm_rows = grouped_warmup_batches(config, pool, label_names, plan, kw)
 
         def batches():
             return train_batches(data, **kw)
 
-    log = StepLog(dims, args.warmup_steps)
+    strategy, state, p_step, param_counts = flaxtune_trainer(config, len(label_names), total_steps(args))
+    log = StepLog(dims, len(warm_batches))
     setup_compiles = counter.count
     setup_s = time.perf_counter() - PROCESS_START
-    it = iter(batches())
-    metrics = None
-    while True:
+
+    def step(state, get_batch):
         t0 = time.perf_counter()
         mark = counter.mark()
-        try:
-            batch = next(it)
-        except StopIteration:
-            break
+        batch = get_batch()
         t1 = time.perf_counter()
         state, metrics = p_step(state, batch)
         jax.block_until_ready((state, metrics))
@@ -456,13 +575,29 @@ def run_flaxtune(args, fixed_padding: bool) -> dict:
         log.add(seconds=t2 - t0, fetch_seconds=t1 - t0, examples=examples, real_tokens=real,
                 padded_tokens=padded, lengths=lengths, rows=nrows, t=tt, compiles=n,
                 compile_names=names, compile_event_s=ev)
+        return state, metrics
+
+    metrics = None
+    for wb in warm_batches:
+        state, metrics = step(state, lambda: wb)
+    it = iter(batches())
+    while True:
+        try:
+            state, metrics = step(state, lambda: next(it))
+        except StopIteration:
+            break
     loss = float(np.asarray(jax.device_get(metrics["loss"])).reshape(-1)[0]) if metrics else float("nan")
     if not math.isfinite(loss):
         raise RuntimeError(f"flaxtune loss is {loss}")
+    measured_t = [s["T"] for s in log.steps[len(warm_batches):]]
+    if measured_t != planned_t:
+        raise RuntimeError(f"the measured batches' lengths {measured_t} differ from the dry pass {planned_t}")
     return {"setup_s": setup_s, "setup_compiles": setup_compiles, "final_loss": loss,
             "dtype": config.dtype, "jax_backend": jax.default_backend(),
             "jax_devices": [str(d) for d in jax.local_devices()[:1]],
-            "train_batches_kwargs": pipeline_kwargs, **param_counts, **log.summary()}
+            "train_batches_kwargs": pipeline_kwargs, "warmup_plan": plan,
+            "warmup_rows": [[args.examples + i for i in rows] for rows in warm_rows],
+            **param_counts, **log.summary()}
 
 
 def run_pipeline(args) -> dict:
@@ -470,7 +605,7 @@ def run_pipeline(args) -> dict:
     from flaxtune.data.pipeline import tf_cpu_only, train_batches
 
     config = build_config(args)
-    records, label_names = load_subset(config, args)
+    records, _, label_names = load_subset(config, args)
     data, tokenize_s = tokenized_subset(config, records, label_names)
     t0 = time.perf_counter()
     tf_cpu_only()  # TensorFlow import, timed apart from the pipeline itself
@@ -606,9 +741,10 @@ def median_of(runs: list[dict], key: str):
 
 SUMMARY_KEYS = ("examples_per_s", "examples_per_s_wall", "real_tokens_per_s", "padded_tokens_per_s",
                 "pad_fraction", "step_s_median", "fetch_s_median", "first_step_s", "compile_s",
-                "compile_event_s", "compiles_total", "compiles_after_warmup", "useful_flops_per_s",
-                "executed_flops_per_s", "mfu_useful", "mfu_executed", "peak_rss_mb", "setup_s",
-                "final_loss", "steps", "examples_total", "examples_measured")
+                "compile_s_after_warmup", "compile_event_s", "compiles_total", "compiles_warmup",
+                "compiles_after_warmup", "useful_flops_per_s", "executed_flops_per_s", "mfu_useful",
+                "mfu_executed", "peak_rss_mb", "setup_s", "final_loss", "steps", "warmup_steps",
+                "measured_steps", "examples_total", "examples_warmup", "examples_measured")
 
 
 def summarise(rounds: list[dict], variants: list[str]) -> dict:
@@ -634,6 +770,7 @@ def summarise(rounds: list[dict], variants: list[str]) -> dict:
             if runs:
                 summary[v]["compiled_after_warmup"] = runs[-1].get("compiled_after_warmup", [])
                 summary[v]["shapes"] = runs[-1].get("shapes", {})
+                summary[v]["warmup_shapes"] = runs[-1].get("warmup_shapes", {})
                 summary[v]["examples_digest"] = runs[-1].get("examples_digest")
     ratios = {}
     for num, den in (("c", "a"), ("c", "b"), ("b", "a")):
@@ -648,15 +785,24 @@ def summarise(rounds: list[dict], variants: list[str]) -> dict:
     return {"variants": summary, "ratios": ratios}
 
 
-def checks(rounds: list[dict], variants: list[str]) -> list[str]:
-    """Did every variant train on the same examples in the same number of steps?"""
+def checks(rounds: list[dict], variants: list[str], args) -> list[str]:
+    """Did the measured steps of every variant train on the same examples (all --examples of
+    them) in the same number of steps, and did nothing compile after warm-up?"""
     problems = []
     for i, rnd in enumerate(rounds):
         ok = [v for v in variants if v in rnd and "error" not in rnd[v]]
-        for key in ("steps", "examples_total", "examples_digest"):
+        for key in ("measured_steps", "examples_measured", "examples_digest"):
             vals = {v: rnd[v].get(key) for v in ok}
             if len(set(vals.values())) > 1:
                 problems.append(f"round {i + 1}: {key} differs between variants: {vals}")
+        for v in ok:
+            r = rnd[v]
+            if r.get("examples_measured") != args.examples:
+                problems.append(f"round {i + 1}: variant {v} measured {r.get('examples_measured')} examples, "
+                                f"not the {args.examples} of the subset")
+            if r.get("compiles_after_warmup"):
+                problems.append(f"round {i + 1}: variant {v} compiled {r['compiles_after_warmup']}x after "
+                                f"warm-up: {', '.join(r.get('compiled_after_warmup', []))}")
         for v in variants:
             if v in rnd and "error" in rnd[v]:
                 problems.append(f"round {i + 1}: variant {v} failed: {rnd[v]['error']}")
@@ -675,7 +821,7 @@ def print_table(report: dict, args) -> None:
     m = report["meta"]
     print()
     print(f"flaxtune benchmark  model {m['model_dims']}  batch {args.batch_size}  max_length {args.max_length}  "
-          f"{m['measured_steps']} measured + {args.warmup_steps} warm-up steps  repeats {args.repeats}  "
+          f"{m['measured_steps']} measured steps ({args.examples} examples)  repeats {args.repeats}  "
           f"({m['cores']} cores, load {m['load_start']:.1f} -> {m['load_end']:.1f})  "
           f"flaxtune dtype {m['flaxtune_config'].get('dtype')}")
     a = next((rnd["a"] for rnd in report["runs"] if "a" in rnd and "error" not in rnd["a"]), None)
@@ -688,7 +834,7 @@ def print_table(report: dict, args) -> None:
     print(f"matmul peak (jitted fp32 {args.peak_size}x{args.peak_size} jnp.dot, median): "
           f"{fmt(peak / 1e9, '.1f')} GFLOP/s   torch.mm: {fmt(s.get('peak', {}).get('torch_flops_per_s', float('nan')) / 1e9, '.1f')} GFLOP/s")
     cols = [("variant", 44), ("ex/s", 8), ("ex/s wall", 9), ("real tok/s", 10), ("pad %", 6),
-            ("step ms", 8), ("compile s", 9), ("XLA comp", 8), ("useful GF/s", 11), ("MFU use", 8),
+            ("step ms", 8), ("warm-up", 7), ("compile s", 9), ("XLA comp", 8), ("useful GF/s", 11), ("MFU use", 8),
             ("exec GF/s", 9), ("MFU exec", 8), ("RSS MB", 7)]
     print("  ".join(name.rjust(w) if i else name.ljust(w) for i, (name, w) in enumerate(cols)))
     for v in args.variants:
@@ -698,7 +844,8 @@ def print_table(report: dict, args) -> None:
             continue
         vals = [f"{v}) {VARIANTS[v]}", fmt(r["examples_per_s"], ".1f"), fmt(r["examples_per_s_wall"], ".1f"),
                 fmt(r["real_tokens_per_s"], ".0f"), fmt(100 * r["pad_fraction"], ".0f"),
-                fmt(1e3 * r["step_s_median"], ".0f"), fmt(r["compile_s"], ".2f"),
+                fmt(1e3 * r["step_s_median"], ".0f"), fmt(r["warmup_steps"], ".0f"),
+                fmt(r["compile_s"], ".2f") if v != "a" else "n/a",
                 f"{fmt(r['compiles_after_warmup'], '.0f')}" if v != "a" else "n/a",
                 fmt(r["useful_flops_per_s"] / 1e9, ".2f"), fmt(100 * r["mfu_useful"], ".1f") + "%",
                 fmt(r["executed_flops_per_s"] / 1e9, ".2f"), fmt(100 * r["mfu_executed"], ".1f") + "%",
@@ -716,6 +863,10 @@ def print_table(report: dict, args) -> None:
                   f"per round {', '.join(fmt(x, '.2f') for x in r['per_round'])})")
     for v in args.variants:
         r = s.get(v, {})
+        if r.get("ok_runs"):
+            print(f"{v}) padded lengths: warm-up {r.get('warmup_shapes')}, measured {r.get('shapes')}")
+    for v in args.variants:
+        r = s.get(v, {})
         if r.get("compiled_after_warmup"):
             print(f"{v}) compiled after warm-up (last round): {', '.join(r['compiled_after_warmup'])}; "
                   f"shapes {r.get('shapes')}")
@@ -724,8 +875,10 @@ def print_table(report: dict, args) -> None:
         for c in report["checks"]:
             print("  " + c)
     else:
-        print(f"checks: every variant trained on the same {s[args.variants[0]]['examples_total']:.0f} examples "
-              f"in {s[args.variants[0]]['steps']:.0f} steps (digest {s[args.variants[0]].get('examples_digest')})")
+        first = s[args.variants[0]]
+        print(f"checks: in the measured steps every variant trained on the same {first['examples_measured']:.0f} "
+              f"examples in {first['measured_steps']:.0f} steps (digest {first.get('examples_digest')}); "
+              f"no compilation after warm-up")
     print(f"JSON: {args.out}")
 
 
@@ -754,7 +907,9 @@ def parse_args(argv=None):
     p.add_argument("--examples", type=int, default=1024,
                    help="examples in the measured steps (a multiple of --batch-size); warm-up steps add more")
     p.add_argument("--batch-size", type=int, default=32, help="global batch for every variant")
-    p.add_argument("--warmup-steps", type=int, default=3, help="first steps left out of throughput figures")
+    p.add_argument("--warmup-steps", type=int, default=3,
+                   help="warm-up steps at the most common padded length, before one warm-up step per "
+                        "padded length of the measured batches (rows after the measured subset)")
     p.add_argument("--repeats", type=int, default=3, help="rounds of every variant; the table shows medians")
     p.add_argument("--model-size", choices=sorted(MODEL_SIZES), default="small",
                    help="small = 4 layers x 256 wide, 4 heads; gpt2 = 12 x 768, 12 heads")
@@ -790,6 +945,8 @@ def parse_args(argv=None):
     bad = [v for v in args.variants if v not in VARIANTS]
     if bad:
         p.error(f"--variants: unknown {bad}; choose from a, b, c")
+    if args.warmup_steps < 0:
+        p.error("--warmup-steps must be >= 0")
     if args.examples <= 0 or args.examples % args.batch_size:
         p.error(f"--examples={args.examples} must be a positive multiple of --batch-size={args.batch_size}")
     for kv in args.set:
@@ -866,14 +1023,14 @@ def main(argv=None):
                             "of each example; executed: t = padded row length, every row",
         },
         "summary": summarise(rounds, args.variants),
-        "checks": checks(rounds, args.variants),
+        "checks": checks(rounds, args.variants, args),
         "runs": rounds,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1, default=str))
     print_table(report, args)
-    return 1 if any("failed" in c for c in report["checks"]) else 0
+    return 1 if report["checks"] else 0
 
 
 if __name__ == "__main__":

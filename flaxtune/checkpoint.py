@@ -85,6 +85,9 @@ class Checkpoints:
                     keep_checkpoints_without_metrics=False))
             options = ocp.CheckpointManagerOptions(
                 create=True, enable_async_checkpointing=True, cleanup_tmp_directories=True,
+                # Step folders are made in save() itself, so a failure there raises at
+                # once instead of stalling the background thread on its signal timeout.
+                async_options=ocp.AsyncOptions(create_directories_asynchronously=False),
                 preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies))
         self.best_metric = best_metric
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)

@@ -164,6 +164,7 @@ def train_and_evaluate(config, workdir) -> dict:
     eval_data = prepare_split(eval_records, label_names, tokenizer, config.max_length, dims.vocab_size)
     log.info("data: %d train / %d eval examples; labels %s", len(train_data), len(eval_data), label_names)
 
+    buckets = bucket_lengths(config.max_length)
     spe = steps_per_epoch(len(train_data), t.batch_size)
     if spe == 0:
         raise config_lib.ConfigError(
@@ -205,7 +206,6 @@ def train_and_evaluate(config, workdir) -> dict:
     del params, opt_state
     p_train_step = strategy.compile_train_step(functools.partial(
         train_step, model=model, tx=tx, strategy=strategy, seed=config.seed))
-    buckets = bucket_lengths(config.max_length)
 
     def meta_for(step, metrics):
         return {**identity, "step": step, "dtype": config.dtype, "text_field": config.data.text_field,
@@ -237,7 +237,8 @@ def train_and_evaluate(config, workdir) -> dict:
             for batch in train_batches(train_data, global_batch=t.batch_size,
                                        num_devices=strategy.num_devices, seed=config.seed,
                                        epoch=epoch, buckets=buckets, skip_batches=skip,
-                                       shuffle_buffer=config.data.shuffle_buffer):
+                                       shuffle_buffer=config.data.shuffle_buffer,
+                                       group_by_length=config.data.group_by_length):
                 state, metrics = p_train_step(state, batch)
                 step += 1
                 window.append(metrics)

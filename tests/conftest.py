@@ -22,6 +22,15 @@ def need_shared(path: Path) -> Path:
     return path
 
 
+def write_sst2_slice(folder: Path, n_train: int, n_dev: int) -> Path:
+    """The first rows of the real SST-2 train/dev files (header kept), for small real runs."""
+    need_shared(SST2_DIR)
+    for name, n in (("train.tsv", n_train), ("dev.tsv", n_dev)):
+        lines = (SST2_DIR / name).read_text(encoding="utf-8").splitlines()
+        (folder / name).write_text("\n".join(lines[:n + 1]) + "\n", encoding="utf-8")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def gpt2_tokenizer():
     from flaxtune.data.tokenize import load_tokenizer

@@ -57,3 +57,17 @@ def test_unwritable_checkpoint_folder_fails_at_start(tmp_path):
     (tmp_path / "checkpoints").write_text("a file where the checkpoint folder must go")
     with pytest.raises(Exception, match="checkpoints"):
         Checkpoints(tmp_path, max_to_keep=3)
+
+
+def test_failed_save_mid_run_raises_at_once(tmp_path):
+    import shutil
+
+    ckpts = Checkpoints(tmp_path, max_to_keep=3)
+    ckpts.save(1, _tree(1), _tree(0), {"step": 1})
+    ckpts.wait()
+    # the disk goes away under the run: the checkpoint folder is now a file
+    shutil.rmtree(tmp_path / "checkpoints")
+    (tmp_path / "checkpoints").write_text("not a folder")
+    with pytest.raises(NotADirectoryError, match="checkpoints/3"):
+        ckpts.save(3, _tree(3), _tree(0), {"step": 3})
+        ckpts.close()

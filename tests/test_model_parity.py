@@ -134,3 +134,18 @@ def test_torch_state_round_trip(torch_classifier_dir):
     assert set(back) == set(ref)
     for k in ref:
         np.testing.assert_array_equal(back[k], ref[k])
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits(torch_classifier_dir, gpt2_tokenizer):
+    """Mixed precision: bf16 matmuls, fp32 master weights, fp32 logits close to the fp32 model's."""
+    model_dir, _ = torch_classifier_dir
+    model, source = load_via_hub_path(model_dir)
+    params = initial_params(model, source, seed=0)
+    ids, mask = right_padded(gpt2_tokenizer, TEXTS)
+    fp32 = np.asarray(model.apply({"params": params}, ids, mask))
+    bf16_model = GPT2Classifier(model.dims, 2, dtype=jnp.bfloat16)
+    out = bf16_model.apply({"params": params}, ids, mask)
+    assert out.dtype == jnp.float32
+    assert all(x.dtype == np.float32 for x in jax.tree.leaves(params))
+    np.testing.assert_allclose(np.asarray(out), fp32, atol=0.05 * np.abs(fp32).max())
+    assert not np.array_equal(np.asarray(out), fp32)  # really computed in bf16

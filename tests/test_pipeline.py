@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from flaxtune.data.pipeline import bucket_lengths, eval_batches, train_batches
+from flaxtune.data.pipeline import bucket_lengths, eval_batches, steps_per_epoch, train_batches
 from flaxtune.data.tokenize import Tokenized, TokenizationError, tokenize_texts
 
 
@@ -33,9 +33,10 @@ def _data(n, seed=0):
 
 
 def test_bucket_lengths():
-    assert bucket_lengths(64) == [16, 32, 64]
-    assert bucket_lengths(100) == [16, 32, 64, 100]
-    assert bucket_lengths(16) == [16]
+    assert bucket_lengths(64) == [8, 16, 24, 32, 48, 64]
+    assert bucket_lengths(100) == [8, 16, 24, 32, 48, 64, 96, 100]
+    assert bucket_lengths(16) == [8, 16]
+    assert bucket_lengths(1024)[-3:] == [512, 768, 1024]
 
 
 def _first_ids(batches):
@@ -44,9 +45,9 @@ def _first_ids(batches):
 
 def test_train_batches_shapes_order_and_determinism():
     data = _data(103)
-    kw = dict(global_batch=16, num_devices=8, seed=3, buckets=[16, 32, 64])
+    kw = dict(global_batch=16, num_devices=8, seed=3, buckets=[16, 32, 64], group_by_length=False)
     e0 = list(train_batches(data, epoch=0, **kw))
-    assert len(e0) == 103 // 16  # last partial batch dropped
+    assert len(e0) == 103 // 16 == steps_per_epoch(103, 16)
     for b in e0:
         assert b["input_ids"].shape[:2] == (8, 2) and b["input_ids"].shape[2] in (16, 32, 64)
         assert b["labels"].shape == (8, 2)
@@ -66,6 +67,32 @@ def test_train_batches_shapes_order_and_determinism():
     assert _first_ids(train_batches(data, epoch=0, skip_batches=2, **kw)) == seen[32:]
     # the order does not depend on how many devices share the batch
     assert _first_ids(train_batches(data, epoch=0, **{**kw, "num_devices": 1})) == seen
+
+
+def test_grouped_batches_pad_only_to_their_bucket():
+    data = _data(203, seed=1)
+    buckets = [8, 16, 24, 32, 48]
+    kw = dict(global_batch=8, num_devices=4, seed=5, buckets=buckets)
+    e0 = list(train_batches(data, epoch=0, **kw))
+    counts = np.bincount(np.searchsorted(buckets, data.lengths), minlength=len(buckets))
+    assert len(e0) == 203 // 8 == steps_per_epoch(203, 8)
+    full = int((counts // 8).sum())  # single-bucket batches; then the merged leftovers
+    for k, b in enumerate(e0):
+        t = b["input_ids"].shape[-1]
+        lengths = b["attention_mask"].reshape(8, -1).sum(-1)
+        assert lengths.max() <= t and (t == buckets[0] or lengths.max() > buckets[buckets.index(t) - 1])
+        if k < full:
+            lower = buckets[buckets.index(t) - 1] if t != buckets[0] else 0
+            assert (lengths > lower).all()  # every row from bucket t
+    seen = _first_ids(e0)
+    assert len(set(seen)) == len(seen) == 200  # only 203 % 8 examples wait for the next epoch
+    assert _first_ids(train_batches(data, epoch=0, **kw)) == seen
+    assert _first_ids(train_batches(data, epoch=0, skip_batches=3, **kw)) == seen[24:]
+    # far less padding than random batches
+    pad = lambda bs: 1 - sum(b["attention_mask"].sum() for b in bs) / sum(b["attention_mask"].size for b in bs)
+    random_batches = list(train_batches(data, epoch=0, group_by_length=False,
+                                        **{k: v for k, v in kw.items()}))
+    assert pad(e0) < pad(random_batches) / 2
 
 
 def test_eval_batches_count_every_example_once():

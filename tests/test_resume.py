@@ -17,20 +17,14 @@ from flaxtune.model import GPT2Classifier, GPT2Dims
 from flaxtune.train import train_and_evaluate
 from flaxtune.weights import abstract_params
 
-from conftest import REPO, SST2_DIR, TOKENIZER_DIR, need_shared
+from conftest import REPO, TOKENIZER_DIR, need_shared, write_sst2_slice
 
 STEPS = 40
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    need_shared(SST2_DIR)
-    d = tmp_path_factory.mktemp("sst2_resume")
-    lines = (SST2_DIR / "train.tsv").read_text(encoding="utf-8").splitlines()
-    (d / "train.tsv").write_text("\n".join(lines[:201]) + "\n", encoding="utf-8")  # 200 rows: 12 steps/epoch
-    lines = (SST2_DIR / "dev.tsv").read_text(encoding="utf-8").splitlines()
-    (d / "dev.tsv").write_text("\n".join(lines[:41]) + "\n", encoding="utf-8")
-    return d
+    return write_sst2_slice(tmp_path_factory.mktemp("sst2_resume"), n_train=200, n_dev=40)  # 12 steps/epoch
 
 
 def train_cmd(data_dir, workdir):

@@ -16,20 +16,15 @@ from flaxtune.data.readers import read_records
 from flaxtune.predict import Classifier
 from flaxtune.train import train_and_evaluate
 
-from conftest import REPO, SST2_DIR, TOKENIZER_DIR, need_shared
+from conftest import REPO, TOKENIZER_DIR, need_shared, write_sst2_slice
 
 STEPS = 12
 
 
 @pytest.fixture(scope="module")
 def sst2_slice(tmp_path_factory):
-    need_shared(SST2_DIR)
-    d = tmp_path_factory.mktemp("sst2")
-    lines = (SST2_DIR / "train.tsv").read_text(encoding="utf-8").splitlines()
-    (d / "train.tsv").write_text("\n".join(lines[:401]) + "\n", encoding="utf-8")
-    lines = (SST2_DIR / "dev.tsv").read_text(encoding="utf-8").splitlines()
-    (d / "dev.tsv").write_text("\n".join(lines[:101]) + "\n", encoding="utf-8")  # 100: not a batch multiple
-    return d
+    # 100 dev rows: not a multiple of the eval batch, so the last batch is padded
+    return write_sst2_slice(tmp_path_factory.mktemp("sst2"), n_train=400, n_dev=100)
 
 
 def tiny_config(data_dir, **train):

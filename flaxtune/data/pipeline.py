@@ -33,13 +33,17 @@ def tf_cpu_only():
     return _TF
 
 
-def bucket_lengths(max_length: int, smallest: int = 16) -> list[int]:
-    """Powers of two from `smallest` below max_length, then max_length itself."""
-    out, n = [], smallest
-    while n < max_length:
-        out.append(n)
-        n *= 2
-    return out + [max_length]
+def bucket_lengths(max_length: int) -> list[int]:
+    """The padded lengths batches may have: a few fixed shapes, so compiles stay few.
+
+    Multiples of 8 up to 32, then steps of x1.5 / x1.33 (48, 64, 96, 128, 192, ...),
+    capped by max_length, which is always the last bucket. For max_length=64:
+    [8, 16, 24, 32, 48, 64].
+    """
+    candidates = [8, 16, 24, 32]
+    while candidates[-1] < max_length:
+        candidates += [candidates[-1] * 3 // 2, candidates[-1] * 2]
+    return sorted({b for b in candidates if b < max_length} | {max_length})
 
 
 def bucket_for(length: int, buckets: list[int]) -> int:
@@ -50,6 +54,7 @@ def bucket_for(length: int, buckets: list[int]) -> int:
 
 
 def steps_per_epoch(num_examples: int, global_batch: int) -> int:
+    """Full batches per epoch: the last `num_examples % global_batch` examples wait for the next."""
     return num_examples // global_batch
 
 
@@ -59,7 +64,7 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 def train_batches(data: Tokenized, *, global_batch: int, num_devices: int, seed: int,
                   epoch: int, buckets: list[int], skip_batches: int = 0,
-                  shuffle_buffer: int = 0) -> Iterator[dict]:
+                  shuffle_buffer: int = 0, group_by_length: bool = True) -> Iterator[dict]:
     """One epoch of shuffled training batches (the last partial batch is dropped).
 
     The order depends only on (seed, epoch), so a run can restart mid-epoch
@@ -72,14 +77,34 @@ def train_batches(data: Tokenized, *, global_batch: int, num_devices: int, seed:
     ds = tf.data.Dataset.from_tensor_slices({"ids": ragged, "labels": data.labels})
     buffer = shuffle_buffer if shuffle_buffer > 0 else len(data)
     ds = ds.shuffle(buffer, seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
-    ds = ds.batch(global_batch, drop_remainder=True)
+    bucket_table = tf.constant(buckets, dtype=tf.int32)
+    if group_by_length:
+        # Batches of texts from one length bucket: padding stays within that bucket.
+        # The buckets' leftovers at the end of the epoch are merged into mixed
+        # batches, so, as with random batches, only the last n % batch are dropped.
+        def bucket_id(example):
+            n = tf.cast(tf.shape(example["ids"])[0], tf.int32)
+            return tf.cast(tf.argmax(tf.cast(bucket_table >= n, tf.int32)), tf.int64)
+
+        def size(batch):
+            return tf.shape(batch["labels"])[0]
+
+        grouped = ds.group_by_window(key_func=bucket_id,
+                                     reduce_func=lambda _, w: w.batch(global_batch),
+                                     window_size=global_batch)
+        full = grouped.filter(lambda b: size(b) == global_batch)
+        leftovers = grouped.filter(lambda b: size(b) < global_batch).unbatch()
+        ds = full.concatenate(leftovers.batch(global_batch, drop_remainder=True))
+    else:
+        ds = ds.batch(global_batch, drop_remainder=True)
     if skip_batches:
         ds = ds.skip(skip_batches)
-    bucket_table = tf.constant(buckets, dtype=tf.int32)
     per_device = global_batch // num_devices
 
     def to_dense(batch):
         ids = batch["ids"]
+        if not isinstance(ids, tf.RaggedTensor):
+            ids = tf.RaggedTensor.from_tensor(ids, lengths=batch["length"])
         longest = tf.cast(tf.reduce_max(ids.row_lengths()), tf.int32)
         target = tf.gather(bucket_table, tf.argmax(tf.cast(bucket_table >= longest, tf.int32)))
         dense = ids.to_tensor(default_value=0, shape=[global_batch, target])
@@ -96,16 +121,18 @@ def train_batches(data: Tokenized, *, global_batch: int, num_devices: int, seed:
 
 
 def eval_batches(data: Tokenized, *, global_batch: int, num_devices: int,
-                 buckets: list[int]) -> Iterator[dict]:
-    """Batches in input order; the last one is padded with weight-0 rows.
+                 buckets: list[int], by_length: bool = True) -> Iterator[dict]:
+    """Batches covering every example exactly once; the last one is padded with weight-0 rows.
 
-    Every example appears exactly once with weight 1; `index` maps rows back
-    to input positions (-1 for padding).
+    With `by_length`, examples are taken in order of length (so each batch pads
+    to a small bucket); `index` maps rows back to input positions (-1 for padding).
     """
     n = len(data)
     per_device = global_batch // num_devices
+    order = np.argsort(data.lengths, kind="stable") if by_length else np.arange(n)
     for start in range(0, n, global_batch):
-        rows = data.ids[start:start + global_batch]
+        picked = order[start:start + global_batch]
+        rows = [data.ids[i] for i in picked]
         t = bucket_for(max(len(r) for r in rows), buckets)
         ids = np.zeros((global_batch, t), np.int32)
         mask = np.zeros((global_batch, t), np.int32)
@@ -117,9 +144,9 @@ def eval_batches(data: Tokenized, *, global_batch: int, num_devices: int,
         weights[:len(rows)] = 1.0
         labels = np.zeros((global_batch,), np.int32)
         if data.labels is not None:
-            labels[:len(rows)] = data.labels[start:start + global_batch]
+            labels[:len(rows)] = data.labels[picked]
         index = np.full((global_batch,), -1, np.int64)
-        index[:len(rows)] = np.arange(start, start + len(rows))
+        index[:len(rows)] = picked
         yield {
             "input_ids": ids.reshape(num_devices, per_device, t),
             "attention_mask": mask.reshape(num_devices, per_device, t),
