@@ -109,10 +109,17 @@ def cmd_eval(args) -> int:
     clf = Classifier.load(args.checkpoint, step=args.step, tokenizer=args.tokenizer)
     records = _read(args.data, clf, args, require_label=True)
     m = clf.evaluate(records, per_device_batch=args.batch_size)
-    logging.getLogger("flaxtune").info("per-class %s; confusion matrix (rows true, cols predicted, labels %s) %s",
-                                       m["per_class"], clf.label_names, m["confusion_matrix"])
+    names = clf.label_names
+    per_class = {name: {k: v[i] for k, v in m["per_class"].items()} for i, name in enumerate(names)}
+    log = logging.getLogger("flaxtune")
+    for name, row in zip(names, m["confusion_matrix"]):
+        log.info("class %-12s %s  predicted as %s", name,
+                 "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                           for k, v in per_class[name].items()), dict(zip(names, row)))
     out = {k: m[k] for k in ("accuracy", "macro_f1", "loss", "num_examples")}
-    out["step"] = clf.meta["step"]
+    out["step"] = clf.meta.get("step")
+    out["per_class"] = per_class
+    out["confusion_matrix"] = {"labels": names, "rows_true_cols_predicted": m["confusion_matrix"]}
     print(json.dumps(out))
     return 0
 

@@ -112,6 +112,13 @@ def test_eval_cli_in_new_process_prints_json_last_line(run8, sst2_slice):
     assert result["num_examples"] == 100
     assert result["macro_f1"] == pytest.approx(metrics["macro_f1"], abs=1e-9)
     assert result["loss"] == pytest.approx(metrics["loss"], abs=1e-5)
+    # the report shows each class, so imbalance is visible
+    dev_labels = [r.label for r in read_records(sst2_slice / "dev.tsv", text_field="sentence")]
+    assert {k: v["support"] for k, v in result["per_class"].items()} == {
+        "0": dev_labels.count("0"), "1": dev_labels.count("1")}
+    cm = result["confusion_matrix"]["rows_true_cols_predicted"]
+    assert result["confusion_matrix"]["labels"] == ["0", "1"]
+    assert (cm[0][0] + cm[1][1]) / 100 == pytest.approx(metrics["accuracy"])
 
 
 def test_predict_cli_texts_and_file(run8, tmp_path):
