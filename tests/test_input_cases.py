@@ -315,7 +315,7 @@ def test_literal_endoftext_is_50256_and_pooling_uses_mask(gpt2_tokenizer):
     assert data.ids[0].tolist() == [11274, 50256, 2089]
     assert [d.tolist() for d in data.ids] == [ref(t, add_special_tokens=False)["input_ids"] for t in texts]
     assert data.ids[1].tolist()[-1] == 50256 == gpt2_tokenizer.pad_token_id  # eos doubles as pad
-    batch = next(eval_batches(data, global_batch=4, num_devices=1, buckets=[16, 32]))
+    batch = next(eval_batches(data, global_batch=4, num_devices=1, buckets=[16, 32], by_length=False))
     mask = batch["attention_mask"][0]
     assert mask.sum(axis=1).tolist() == [3, len(data.ids[1]), 1, 1]  # row 4 is weight-0 padding
     assert last_token_index(jnp.asarray(mask)).tolist() == [2, len(data.ids[1]) - 1, 0, 0]
