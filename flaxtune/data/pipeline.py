@@ -15,22 +15,14 @@ import numpy as np
 
 from flaxtune.data.tokenize import Tokenized
 
-_TF = None
-
-
 def tf_cpu_only():
-    """Imports TensorFlow with every accelerator hidden from it (tf.data only)."""
-    global _TF
-    if _TF is None:
-        import tensorflow as tf
+    """TensorFlow with every accelerator hidden from it (it only runs tf.data here)."""
+    from flaxtune.data.tfds_source import hide_accelerators_from_tf
 
-        tf.config.set_visible_devices([], "GPU")
-        try:
-            tf.config.set_visible_devices([], "TPU")
-        except (ValueError, RuntimeError):
-            pass
-        _TF = tf
-    return _TF
+    hide_accelerators_from_tf()
+    import tensorflow as tf
+
+    return tf
 
 
 def bucket_lengths(max_length: int) -> list[int]:
