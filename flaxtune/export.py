@@ -24,13 +24,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import jax
-
 from flaxtune import hub
-from flaxtune.checkpoint import Checkpoints, tokenizer_dir
+from flaxtune.checkpoint import tokenizer_dir
 from flaxtune.data.tokenize import load_tokenizer
-from flaxtune.model import GPT2Classifier
-from flaxtune.weights import DTYPES, abstract_params, dims_for
+from flaxtune.weights import load_trained
 
 log = logging.getLogger(__name__)
 
@@ -40,21 +37,6 @@ CARRIED_META = ("step", "max_length", "text_field", "label_field", "encoding")
 
 class ExportError(ValueError):
     pass
-
-
-def load_checkpoint(workdir, step: int | None = None):
-    """(model, host params, meta) of a train run's latest (or given) checkpoint."""
-    from transformers import GPT2Config
-
-    ckpts = Checkpoints(workdir, read_only=True)
-    try:
-        meta = ckpts.read_meta(step)
-        dims = dims_for(GPT2Config(**meta["model_config"]))
-        model = GPT2Classifier(dims, len(meta["label_names"]), dtype=DTYPES[meta.get("dtype", "float32")])
-        params = jax.device_get(ckpts.restore_params(abstract_params(model), meta["step"]))
-    finally:
-        ckpts.close()
-    return model, params, meta
 
 
 def hf_config_for(model_config: dict, label_names, pad_token_id: int, info: dict | None = None):
@@ -101,7 +83,7 @@ def export_hf(workdir, out_dir, step: int | None = None) -> Path:
     workdir, out_dir = Path(workdir), Path(out_dir)
     if out_dir.absolute() == workdir.absolute() or (out_dir / "checkpoints").is_dir():
         raise ExportError(f"--out {out_dir} is a train workdir; export to a new folder")
-    _, params, meta = load_checkpoint(workdir, step)
+    _, params, meta = load_trained(workdir, step)
     tok_dir = tokenizer_dir(workdir)
     if not tok_dir.is_dir():
         raise FileNotFoundError(f"{workdir}: tokenizer files missing (expected {tok_dir})")

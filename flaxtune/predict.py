@@ -14,11 +14,10 @@ import dataclasses
 import functools
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from flaxtune import hub
-from flaxtune.checkpoint import CheckpointError, Checkpoints, tokenizer_dir
+from flaxtune.checkpoint import CheckpointError, tokenizer_dir
 from flaxtune.data.labels import encode_labels
 from flaxtune.data.readers import where
 from flaxtune.data.pipeline import bucket_lengths, eval_batches
@@ -26,7 +25,7 @@ from flaxtune.data.tokenize import Tokenized, TokenizationError, load_tokenizer,
 from flaxtune.metrics import classification_metrics
 from flaxtune.model import GPT2Classifier
 from flaxtune.parallel import PmapStrategy
-from flaxtune.weights import DTYPES, abstract_params, dims_for
+from flaxtune.weights import abstract_params, dims_for, load_trained
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
 MAX_LENGTH_CAP = 1024  # default max_length for a Hugging Face folder without a recorded one
@@ -83,14 +82,7 @@ class Classifier:
     @classmethod
     def restore(cls, workdir, *, step: int | None = None, devices=None) -> "Classifier":
         """Loads the latest (or given) checkpoint of a train run onto `devices` (default: all local)."""
-        from transformers import GPT2Config
-
-        ckpts = Checkpoints(workdir, read_only=True)
-        meta = ckpts.read_meta(step)
-        dims = dims_for(GPT2Config(**meta["model_config"]))
-        model = GPT2Classifier(dims, len(meta["label_names"]), dtype=DTYPES[meta.get("dtype", "float32")])
-        params = jax.device_get(ckpts.restore_params(abstract_params(model), meta["step"]))
-        ckpts.close()
+        model, params, meta = load_trained(workdir, step)
         tok_dir = tokenizer_dir(workdir)
         if not tok_dir.is_dir():
             raise FileNotFoundError(f"{workdir}: tokenizer files missing (expected {tok_dir})")

@@ -124,3 +124,20 @@ def fit_pretrained_head(pretrained: dict, model_dir, num_labels: int, label_name
                 "class id (%s)", source, folder_names, label_names,
                 ", ".join(f"{a} -> {b}" for a, b in zip(folder_names, label_names)))
     return pretrained
+
+
+def load_trained(workdir, step: int | None = None):
+    """(model, host params, meta) of a train run's latest (or given) checkpoint."""
+    from transformers import GPT2Config
+
+    from flaxtune.checkpoint import Checkpoints
+
+    ckpts = Checkpoints(workdir, read_only=True)
+    try:
+        meta = ckpts.read_meta(step)
+        dims = dims_for(GPT2Config(**meta["model_config"]))
+        model = GPT2Classifier(dims, len(meta["label_names"]), dtype=DTYPES[meta.get("dtype", "float32")])
+        params = jax.device_get(ckpts.restore_params(abstract_params(model), meta["step"]))
+    finally:
+        ckpts.close()
+    return model, params, meta
