@@ -54,6 +54,9 @@ def get_config():
     c.train.adam_eps = 1e-8
     c.train.grad_clip_norm = 1.0     # 0 disables clipping
     c.train.grad_accum_steps = 1     # optimizer update every k batches
+    # Keep the token embedding's gradient as one row per token (same AdamW update, no dense
+    # vocab x n_embd gradient per step); used when grad_accum_steps == 1.
+    c.train.row_sparse_embedding = True
     c.train.num_devices = 0          # 0 = all local devices
     c.train.log_every_steps = 100
     c.train.eval_every_steps = 0     # 0 = after each epoch (and at the end)

@@ -188,14 +188,19 @@ class FlaxGPT2(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids, attention_mask, *, position_ids=None, segment_ids=None,
-                 deterministic: bool = True):
+                 token_embeddings=None, deterministic: bool = True):
+        """`token_embeddings` (B, T, n_embd), when given, replaces the `wte` lookup of
+        `input_ids` (the train step looks rows up itself to get row-sparse gradients);
+        `params` then need no `wte`."""
         d = self.dims
         if position_ids is None:
             position_ids = position_ids_from_mask(attention_mask)
         init = nn.initializers.normal(d.initializer_range)
-        wte = nn.Embed(d.vocab_size, d.n_embd, embedding_init=init, dtype=self.dtype, name="wte")
         wpe = nn.Embed(d.n_positions, d.n_embd, embedding_init=init, dtype=self.dtype, name="wpe")
-        x = wte(input_ids) + wpe(position_ids)
+        if token_embeddings is None:
+            wte = nn.Embed(d.vocab_size, d.n_embd, embedding_init=init, dtype=self.dtype, name="wte")
+            token_embeddings = wte(input_ids)
+        x = token_embeddings.astype(self.dtype) + wpe(position_ids)
         x = nn.Dropout(d.embd_pdrop)(x, deterministic=deterministic)
         mask = attention_mask_4d(attention_mask, segment_ids)
         x = Blocks(d, self.dtype, name="h")(x, mask, deterministic)
@@ -217,9 +222,11 @@ class GPT2Classifier(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask, *, deterministic: bool = True):
+    def __call__(self, input_ids, attention_mask, *, token_embeddings=None,
+                 deterministic: bool = True):
         hidden = FlaxGPT2(self.dims, self.dtype, name="transformer")(
-            input_ids, attention_mask, deterministic=deterministic)
+            input_ids, attention_mask, token_embeddings=token_embeddings,
+            deterministic=deterministic)
         idx = last_token_index(attention_mask)
         pooled = jnp.take_along_axis(hidden, idx[:, None, None], axis=1)[:, 0]
         logits = nn.Dense(self.num_labels, use_bias=False, dtype=self.dtype,

@@ -45,6 +45,10 @@ class PmapStrategy:
         """Average across devices inside a step (gradients, metrics)."""
         return jax.lax.pmean(x, self.axis_name)
 
+    def all_gather(self, x):
+        """Inside a step: every device's `x` concatenated along axis 0 (device order)."""
+        return jax.lax.all_gather(x, self.axis_name, tiled=True)
+
     def device_index(self):
         return jax.lax.axis_index(self.axis_name)
 

@@ -32,7 +32,7 @@ from flaxtune.data.sources import load_split
 from flaxtune.data.tokenize import Tokenized, load_tokenizer, tokenize_texts
 from flaxtune.metrics import classification_metrics
 from flaxtune.model import GPT2Classifier
-from flaxtune.optim import make_optimizer
+from flaxtune.optim import RowSparseAdamW, make_train_optimizer, split_table
 from flaxtune.parallel import PmapStrategy
 from flaxtune.predict import predict_logits
 from flaxtune.weights import DTYPES, abstract_params, dims_for, initial_params, model_source
@@ -48,24 +48,40 @@ class TrainState:
 
 
 def train_step(state: TrainState, batch: dict, *, model, tx, strategy, seed: int):
-    """One optimizer step on a device's share of the global batch."""
+    """One optimizer step on a device's share of the global batch.
+
+    `tx` is an optax transformation (dense gradients) or a `RowSparseAdamW` (the token
+    embedding's gradient kept as one row per token; same update, far less memory traffic).
+    """
     rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), state.step),
                              strategy.device_index())
+    ids, mask = batch["input_ids"], batch["attention_mask"]
 
-    def loss_fn(params):
-        logits = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
+    def loss_fn(params, token_embeddings=None):
+        logits = model.apply({"params": params}, ids, mask, token_embeddings=token_embeddings,
                              deterministic=False, rngs={"dropout": rng})
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]).mean()
         return loss, logits
 
-    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grads = strategy.mean(grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    if isinstance(tx, RowSparseAdamW):
+        rest, table = split_table(state.params)
+        (loss, logits), (rest_grads, rows) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
+            rest, table[ids])
+        # The mean over devices of each device's dense table gradient, as rows.
+        rest_grads = strategy.mean(rest_grads)
+        rows = strategy.all_gather(rows) / strategy.num_devices
+        params, opt_state, grad_norm = tx.apply(state.params, rest_grads, strategy.all_gather(ids),
+                                                rows, state.opt_state)
+    else:
+        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grads = strategy.mean(grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        grad_norm = optax.tree.norm(grads)
     metrics = strategy.mean({
         "loss": loss,
         "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["labels"]),
-        "grad_norm": optax.tree.norm(grads),
+        "grad_norm": grad_norm,
     })
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
@@ -175,11 +191,13 @@ def train_and_evaluate(config, workdir) -> dict:
     ckpt_every = t.checkpoint_every_steps if t.checkpoint_every_steps > 0 else eval_every
 
     model = GPT2Classifier(dims, len(label_names), dtype=DTYPES[config.dtype])
-    tx, schedule = make_optimizer(t, total_steps)
+    tx, schedule = make_train_optimizer(t, total_steps)
     # What makes a checkpoint part of this run (resuming is refused if any differs).
     identity = {"label_names": label_names, "model_config": source.hf_config.to_dict(),
                 "max_length": config.max_length, "seed": config.seed, "batch_size": t.batch_size,
-                "grad_accum_steps": t.grad_accum_steps}
+                "grad_accum_steps": t.grad_accum_steps,
+                # the optimizer state's layout differs between the two
+                "row_sparse_embedding": isinstance(tx, RowSparseAdamW)}
     identity["model_config"].pop("transformers_version", None)
     identity = json.loads(json.dumps(identity))  # as it reads back from the checkpoint
 
