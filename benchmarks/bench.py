@@ -6,7 +6,7 @@ Variants (each run in its own subprocess, so peak RSS is per variant):
   a  reference: transformers' PyTorch GPT2ForSequenceClassification (random init, same dims),
      tokenizer padding to max_length per batch, torch.optim.AdamW, plain Python loop
   b  flaxtune, naive JAX port: flaxtune.train.train_step under PmapStrategy (1 device) with
-     flaxtune.optim.make_optimizer, every batch padded to exactly max_length
+     flaxtune.optim.make_train_optimizer (as train_and_evaluate), every batch padded to exactly max_length
   c  flaxtune, default batching: the same step fed by flaxtune.data.pipeline.train_batches
      with flaxtune's default buckets (bucket_lengths(max_length))
 
@@ -406,7 +406,7 @@ def flaxtune_trainer(config, num_labels: int, steps: int):
     """Model, optimizer, replicated state and the pmapped step, as flaxtune.train builds them."""
     import jax
     from flaxtune.model import GPT2Classifier
-    from flaxtune.optim import make_optimizer
+    from flaxtune.optim import make_train_optimizer
     from flaxtune.parallel import PmapStrategy
     from flaxtune.train import TrainState, train_step
     from flaxtune.weights import DTYPES, dims_for, initial_params, model_source
@@ -415,7 +415,7 @@ def flaxtune_trainer(config, num_labels: int, steps: int):
     source = model_source(config)
     dims = dims_for(source.hf_config, config.dropout)
     model = GPT2Classifier(dims, num_labels, dtype=DTYPES[config.dtype])
-    tx, _ = make_optimizer(config.train, steps)
+    tx, _ = make_train_optimizer(config.train, steps)
     params = initial_params(model, source, config.seed)
     leaves = jax.tree_util.tree_leaves_with_path(params)
     n_total = sum(int(np.size(x)) for _, x in leaves)
@@ -676,11 +676,23 @@ def run_peak(args) -> dict:
     return out
 
 
+def apply_malloc_policy(args, variant: str) -> bool:
+    """flaxtune's CLI and train_and_evaluate call keep_freed_memory(); the flaxtune variants do
+    the same. `--malloc all` applies it to the torch variant too (fair-comparison check)."""
+    if variant in ("b", "c", "pipeline") and args.malloc != "default" or variant == "a" and args.malloc == "all":
+        from flaxtune.host_memory import keep_freed_memory
+
+        return keep_freed_memory()
+    return False
+
+
 def run_variant(args) -> dict:
+    malloc_tuned = apply_malloc_policy(args, args.variant)
     fn = {"a": run_torch, "b": functools.partial(run_flaxtune, fixed_padding=True),
           "c": functools.partial(run_flaxtune, fixed_padding=False),
           "pipeline": run_pipeline, "peak": run_peak}[args.variant]
     result = fn(args)
+    result["malloc_keeps_freed_memory"] = malloc_tuned
     result["peak_rss_mb"] = peak_rss_mb()
     result["process_s"] = time.perf_counter() - PROCESS_START
     return result
@@ -827,7 +839,11 @@ def print_table(report: dict, args) -> None:
     a = next((rnd["a"] for rnd in report["runs"] if "a" in rnd and "error" not in rnd["a"]), None)
     if a:
         print(f"torch: {a.get('torch_threads')} threads, OMP_WAIT_POLICY={a.get('omp_wait_policy') or 'unset'}, "
-              f"attention {a.get('attn_implementation')}")
+              f"attention {a.get('attn_implementation')}, glibc malloc keeps freed memory: "
+              f"{a.get('malloc_keeps_freed_memory')}")
+    c = next((rnd["c"] for rnd in report["runs"] if "c" in rnd and "error" not in rnd["c"]), None)
+    if c:
+        print(f"flaxtune: glibc malloc keeps freed memory (flaxtune.host_memory): {c.get('malloc_keeps_freed_memory')}")
     if max(m["load_start"], m["load_end"]) > m["cores"]:
         print(f"NOTE: the load average exceeded the {m['cores']} cores during the run: absolute figures are "
               "noisy; compare the ratios and the per-round values")
@@ -936,6 +952,10 @@ def parse_args(argv=None):
                    help="passive: OMP_WAIT_POLICY=PASSIVE for the torch processes (unless already set), "
                         "so torch's OpenMP spin-waiting does not collapse on a busy machine; "
                         "default: leave the environment alone")
+    p.add_argument("--malloc", choices=["flaxtune", "all", "default"], default="flaxtune",
+                   help="flaxtune: the flaxtune variants keep freed memory in glibc's heap, as flaxtune's "
+                        "CLI and train_and_evaluate do (flaxtune.host_memory); all: the torch variant "
+                        "too; default: no variant changes the allocator")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per subprocess")
     p.add_argument("--out", default=str(REPO / "runs" / "bench.json"), help="JSON results")
     p.add_argument("--variant", choices=list(VARIANTS) + list(HELPERS), help=argparse.SUPPRESS)

@@ -164,6 +164,9 @@ def cmd_export(args) -> int:
 def main(argv=None) -> int:
     from flaxtune.config import ConfigError, split_override_args
 
+    from flaxtune.host_memory import keep_freed_memory
+
+    keep_freed_memory()  # before JAX starts its threads
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         rest, overrides = split_override_args(argv)

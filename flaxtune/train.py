@@ -30,6 +30,7 @@ from flaxtune.data.readers import where
 from flaxtune.data.pipeline import bucket_lengths, steps_per_epoch, train_batches
 from flaxtune.data.sources import load_split
 from flaxtune.data.tokenize import Tokenized, load_tokenizer, tokenize_texts
+from flaxtune.host_memory import keep_freed_memory
 from flaxtune.metrics import classification_metrics
 from flaxtune.model import GPT2Classifier
 from flaxtune.optim import RowSparseAdamW, make_train_optimizer, split_table
@@ -157,6 +158,7 @@ def _check_resume_compatible(meta: dict, expected: dict, workdir) -> None:
 def train_and_evaluate(config, workdir) -> dict:
     """Trains per `config`, checkpoints under `workdir`; returns the final eval metrics."""
     workdir = Path(workdir)
+    keep_freed_memory()  # no-op if the CLI did it already
     config_lib.validate_config(config)
     t = config.train
     devices = jax.local_devices()
