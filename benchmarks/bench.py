@@ -244,11 +244,12 @@ class StepLog:
         self.examples = []  # per step: the token-id tuples of its examples
 
     def add(self, *, seconds, fetch_seconds, examples, real_tokens, padded_tokens, lengths,
-            rows, t, compiles=0, compile_names=(), compile_event_s=0.0):
+            rows, t, compiles=0, compile_names=(), compile_event_s=0.0, shape=None):
         self.examples.append(list(examples))
         self.steps.append({
             "s": seconds, "fetch_s": fetch_seconds, "examples": len(examples), "real_tokens": real_tokens,
-            "padded_tokens": padded_tokens, "T": t, "compiles": compiles,
+            "padded_tokens": padded_tokens, "T": t, "shape": t if shape is None else shape,
+            "compiles": compiles,
             "compile_names": list(compile_names), "compile_event_s": compile_event_s,
             "useful_flops": float(seq_flops(lengths, self.dims).sum()),
             "executed_flops": float(rows * seq_flops(t, self.dims)),
@@ -269,9 +270,9 @@ class StepLog:
         steady_s, measured_s = total(steady, "s"), total(measured, "s")
         shapes, warm_shapes = {}, {}
         for s in measured:
-            shapes[str(s["T"])] = shapes.get(str(s["T"]), 0) + 1
+            shapes[str(s["shape"])] = shapes.get(str(s["shape"]), 0) + 1
         for s in warm:
-            warm_shapes[str(s["T"])] = warm_shapes.get(str(s["T"]), 0) + 1
+            warm_shapes[str(s["shape"])] = warm_shapes.get(str(s["shape"]), 0) + 1
         after = [n for s in measured for n in s["compile_names"]]
         measured_examples = [e for ex in self.examples[self.warmup:] for e in ex]
         return {
@@ -473,8 +474,39 @@ def pad_fixed(data, rows, batch: int, tmax: int) -> dict:
             "labels": data.labels[rows].astype(np.int32).reshape(1, batch)}
 
 
-def batch_t(batch: dict) -> int:
-    return int(np.asarray(batch["input_ids"]).shape[-1])
+def batch_t(batch: dict):
+    """A batch's compiled-shape key: its padded length T, or "RxT" for packed rows."""
+    shape = np.asarray(batch["input_ids"]).shape
+    return f"{shape[-2]}x{shape[-1]}" if "segment_ids" in batch else int(shape[-1])
+
+
+def searched_warmup_batches(config, pool, label_names, plan, kw) -> tuple[list[dict], list[list[int]]]:
+    """Warm-up batches for layouts whose shape is not set by one bucket (packing): run
+    train_batches, with the measured run's arguments, over successive chunks of pool rows and
+    take the first batches of each shape the plan needs. Returns the batches and, per batch,
+    the pool rows of the chunk it came from."""
+    from flaxtune.data.pipeline import train_batches
+    from flaxtune.data.tokenize import load_tokenizer
+    from flaxtune.train import prepare_split
+
+    tokenizer = load_tokenizer(config.tokenizer)
+    need = Counter(plan)
+    found: dict = {}
+    chunk = 64 * kw["global_batch"]
+    for start in range(0, len(pool), chunk):
+        part = prepare_split(pool[start:start + chunk], label_names, tokenizer, config.max_length,
+                             int(config.scratch_model.vocab_size))
+        for batch in train_batches(part, **{**kw, "epoch": 0}):
+            key = batch_t(batch)
+            if len(found.setdefault(key, [])) < need.get(key, 0):
+                found[key].append((batch, list(range(start, start + len(part)))))
+        if all(len(found.get(k, [])) >= n for k, n in need.items()):
+            break
+    else:
+        raise SystemExit(f"the {len(pool)} rows after the measured subset cannot fill the warm-up plan {plan}")
+    taken = {k: iter(v) for k, v in found.items()}
+    picked = [next(taken[key]) for key in plan]
+    return [b for b, _ in picked], [rows for _, rows in picked]
 
 
 def grouped_warmup_batches(config, pool, label_names, plan, kw) -> tuple[list[dict], list[list[int]]]:
@@ -552,7 +584,8 @@ def run_flaxtune(args, fixed_padding: bool) -> dict:
         if not planned_t:
             raise SystemExit(f"train_batches gave no batch for {len(data)} examples at batch {b}")
         plan = warmup_plan(planned_t, args.warmup_steps)
-        warm_batches, warm_rows = grouped_warmup_batches(config, pool, label_names, plan, kw)
+        make_warmup = searched_warmup_batches if kw.get("pack") else grouped_warmup_batches
+        warm_batches, warm_rows = make_warmup(config, pool, label_names, plan, kw)
 
         def batches():
             return train_batches(data, **kw)
@@ -574,7 +607,7 @@ def run_flaxtune(args, fixed_padding: bool) -> dict:
         examples, real, padded, lengths, nrows, tt = split_batch(batch)
         log.add(seconds=t2 - t0, fetch_seconds=t1 - t0, examples=examples, real_tokens=real,
                 padded_tokens=padded, lengths=lengths, rows=nrows, t=tt, compiles=n,
-                compile_names=names, compile_event_s=ev)
+                compile_names=names, compile_event_s=ev, shape=batch_t(batch))
         return state, metrics
 
     metrics = None
@@ -589,7 +622,7 @@ def run_flaxtune(args, fixed_padding: bool) -> dict:
     loss = float(np.asarray(jax.device_get(metrics["loss"])).reshape(-1)[0]) if metrics else float("nan")
     if not math.isfinite(loss):
         raise RuntimeError(f"flaxtune loss is {loss}")
-    measured_t = [s["T"] for s in log.steps[len(warm_batches):]]
+    measured_t = [s["shape"] for s in log.steps[len(warm_batches):]]
     if measured_t != planned_t:
         raise RuntimeError(f"the measured batches' lengths {measured_t} differ from the dry pass {planned_t}")
     return {"setup_s": setup_s, "setup_compiles": setup_compiles, "final_loss": loss,

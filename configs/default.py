@@ -40,6 +40,10 @@ def get_config():
     # Batch texts of similar length together (padding only to the batch's length
     # bucket: 8, 16, 24, 32, 48, 64, ...); False pads random batches.
     c.data.group_by_length = True
+    # Pack each batch's texts into rows of max_length tokens (several texts per row, attention
+    # kept within each text): the same texts per step with almost no padding. Batches are then
+    # random (group_by_length applies only with pack=False).
+    c.data.pack = True
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 32          # global batch: per-device batch x devices

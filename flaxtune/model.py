@@ -222,13 +222,19 @@ class GPT2Classifier(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask, *, token_embeddings=None,
-                 deterministic: bool = True):
+    def __call__(self, input_ids, attention_mask, *, token_embeddings=None, segment_ids=None,
+                 position_ids=None, pool_index=None, deterministic: bool = True):
+        """Packed rows (several examples per row) pass `segment_ids`, `position_ids` and
+        `pool_index` (flat index into rows * length of each example's last token); the
+        logits are then one row per example, in `pool_index` order."""
         hidden = FlaxGPT2(self.dims, self.dtype, name="transformer")(
-            input_ids, attention_mask, token_embeddings=token_embeddings,
-            deterministic=deterministic)
-        idx = last_token_index(attention_mask)
-        pooled = jnp.take_along_axis(hidden, idx[:, None, None], axis=1)[:, 0]
+            input_ids, attention_mask, token_embeddings=token_embeddings, segment_ids=segment_ids,
+            position_ids=position_ids, deterministic=deterministic)
+        if pool_index is None:
+            idx = last_token_index(attention_mask)
+            pooled = jnp.take_along_axis(hidden, idx[:, None, None], axis=1)[:, 0]
+        else:
+            pooled = hidden.reshape(-1, hidden.shape[-1])[pool_index]
         logits = nn.Dense(self.num_labels, use_bias=False, dtype=self.dtype,
                           kernel_init=nn.initializers.normal(self.dims.initializer_range),
                           name="score")(pooled)

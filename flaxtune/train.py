@@ -41,6 +41,9 @@ from flaxtune.weights import DTYPES, abstract_params, dims_for, initial_params, 
 log = logging.getLogger(__name__)
 
 
+PACKED_KEYS = ("segment_ids", "position_ids", "pool_index")
+
+
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array
@@ -57,10 +60,11 @@ def train_step(state: TrainState, batch: dict, *, model, tx, strategy, seed: int
     rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), state.step),
                              strategy.device_index())
     ids, mask = batch["input_ids"], batch["attention_mask"]
+    packed = {k: batch[k] for k in PACKED_KEYS if k in batch}  # packed rows (pipeline.packed_batch)
 
     def loss_fn(params, token_embeddings=None):
         logits = model.apply({"params": params}, ids, mask, token_embeddings=token_embeddings,
-                             deterministic=False, rngs={"dropout": rng})
+                             deterministic=False, rngs={"dropout": rng}, **packed)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]).mean()
         return loss, logits
 
@@ -258,7 +262,8 @@ def train_and_evaluate(config, workdir) -> dict:
                                        num_devices=strategy.num_devices, seed=config.seed,
                                        epoch=epoch, buckets=buckets, skip_batches=skip,
                                        shuffle_buffer=config.data.shuffle_buffer,
-                                       group_by_length=config.data.group_by_length):
+                                       group_by_length=config.data.group_by_length,
+                                       pack=config.data.pack):
                 state, metrics = p_train_step(state, batch)
                 step += 1
                 window.append(metrics)

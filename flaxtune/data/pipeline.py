@@ -4,7 +4,9 @@ Every batch is a dict of numpy arrays with a leading device axis:
 `input_ids`, `attention_mask` (D, B/D, T) and `labels`, `weights` (D, B/D).
 T is the smallest *bucket* length that fits the batch's longest text, so
 only a handful of shapes are ever compiled and short texts are not padded
-to `max_length`.
+to `max_length`. Packed training batches (`pack=True`, the default in
+configs/default.py) are (D, R, max_length) rows holding several texts each,
+plus `segment_ids`, `position_ids` and `pool_index` (see `packed_batch`).
 """
 
 from __future__ import annotations
@@ -54,14 +56,76 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % (2**31 - 1)
 
 
+def pack_examples(lengths, row_length: int) -> list[list[int]]:
+    """First-fit decreasing: rows of at most `row_length` tokens, each a list of example indices."""
+    rows, free = [], []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        n = lengths[i]
+        for r, space in enumerate(free):
+            if n <= space:
+                rows[r].append(i)
+                free[r] -= n
+                break
+        else:
+            rows.append([i])
+            free.append(row_length - n)
+    return rows
+
+
+def packed_batch(seqs: list[np.ndarray], labels: np.ndarray, *, num_devices: int,
+                 row_length: int) -> dict:
+    """A global batch of examples packed into rows of `row_length` tokens, per device.
+
+    Each device packs its own B/D examples (first-fit decreasing); every device gets the
+    largest row count R among them (spare rows are all padding), so shapes are equal across
+    devices: `input_ids`, `attention_mask`, `segment_ids` (1, 2, ... per example in a row,
+    0 = padding), `position_ids` (0, 1, ... within each example) are (D, R, row_length);
+    `pool_index` (D, B/D) is the flat index into R * row_length of each example's last token
+    and `labels` (D, B/D) are in the examples' original order.
+    """
+    per = len(seqs) // num_devices
+    plans = [pack_examples([len(x) for x in seqs[d * per:(d + 1) * per]], row_length)
+             for d in range(num_devices)]
+    r_max = max(len(p) for p in plans)
+    shape = (num_devices, r_max, row_length)
+    ids, seg, pos = (np.zeros(shape, np.int32) for _ in range(3))
+    pool = np.zeros((num_devices, per), np.int32)
+    for d, plan in enumerate(plans):
+        for r, row in enumerate(plan):
+            offset = 0
+            for k, i in enumerate(row):
+                x = seqs[d * per + i]
+                n = len(x)
+                ids[d, r, offset:offset + n] = x
+                seg[d, r, offset:offset + n] = k + 1
+                pos[d, r, offset:offset + n] = np.arange(n)
+                pool[d, i] = r * row_length + offset + n - 1
+                offset += n
+    return {"input_ids": ids, "attention_mask": (seg > 0).astype(np.int32), "segment_ids": seg,
+            "position_ids": pos, "pool_index": pool,
+            "labels": np.asarray(labels, np.int32).reshape(num_devices, per)}
+
+
 def train_batches(data: Tokenized, *, global_batch: int, num_devices: int, seed: int,
                   epoch: int, buckets: list[int], skip_batches: int = 0,
-                  shuffle_buffer: int = 0, group_by_length: bool = True) -> Iterator[dict]:
+                  shuffle_buffer: int = 0, group_by_length: bool = True,
+                  pack: bool = False) -> Iterator[dict]:
     """One epoch of shuffled training batches (the last partial batch is dropped).
 
     The order depends only on (seed, epoch), so a run can restart mid-epoch
-    by skipping the batches it has already seen.
+    by skipping the batches it has already seen. With `pack`, batches are random
+    (not grouped by length) and each is packed into rows of the largest bucket's
+    length (`packed_batch`): the same examples per step, almost no padding.
     """
+    if pack:
+        for batch in train_batches(data, global_batch=global_batch, num_devices=1, seed=seed,
+                                   epoch=epoch, buckets=buckets, skip_batches=skip_batches,
+                                   shuffle_buffer=shuffle_buffer, group_by_length=False):
+            mask = batch["attention_mask"][0].astype(bool)
+            seqs = [row[m] for row, m in zip(batch["input_ids"][0], mask)]
+            yield packed_batch(seqs, batch["labels"][0], num_devices=num_devices,
+                               row_length=buckets[-1])
+        return
     tf = tf_cpu_only()
     lengths = data.lengths
     flat = np.concatenate(data.ids) if len(data) else np.zeros((0,), np.int32)
