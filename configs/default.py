@@ -36,7 +36,6 @@ def get_config():
     c.data.tfds_download = True
     c.data.train_split = "train"
     c.data.eval_split = "validation"
-    c.data.shuffle_buffer = 0  # 0 = the whole training set
     # Batch texts of similar length together (padding only to the batch's length
     # bucket: 8, 16, 24, 32, 48, 64, ...); False pads random batches.
     c.data.group_by_length = True

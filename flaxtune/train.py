@@ -27,7 +27,7 @@ from flaxtune import config as config_lib
 from flaxtune.checkpoint import Checkpoints, tokenizer_dir
 from flaxtune.data.labels import build_label_map, encode_labels
 from flaxtune.data.readers import where
-from flaxtune.data.pipeline import bucket_lengths, steps_per_epoch, train_batches
+from flaxtune.data.pipeline import bucket_lengths, prefetch, steps_per_epoch, train_batches
 from flaxtune.data.sources import load_split
 from flaxtune.data.tokenize import Tokenized, load_tokenizer, tokenize_texts
 from flaxtune.host_memory import keep_freed_memory
@@ -258,12 +258,13 @@ def train_and_evaluate(config, workdir) -> dict:
     with stop_on_signals() as stop, contextlib.closing(ckpts):
         while step < total_steps:
             epoch, skip = divmod(step, spe)
-            for batch in train_batches(train_data, global_batch=t.batch_size,
-                                       num_devices=strategy.num_devices, seed=config.seed,
-                                       epoch=epoch, buckets=buckets, skip_batches=skip,
-                                       shuffle_buffer=config.data.shuffle_buffer,
-                                       group_by_length=config.data.group_by_length,
-                                       pack=config.data.pack):
+            batches = train_batches(train_data, global_batch=t.batch_size,
+                                    num_devices=strategy.num_devices, seed=config.seed, epoch=epoch,
+                                    buckets=buckets, skip_batches=skip,
+                                    group_by_length=config.data.group_by_length,
+                                    pack=config.data.pack)
+            # The next batches are built and placed on the devices while this step runs.
+            for batch in prefetch(batches, size=2, transform=strategy.put_batch):
                 state, metrics = p_train_step(state, batch)
                 step += 1
                 window.append(metrics)

@@ -1,9 +1,14 @@
 """Tokenization and batching: exact ids, truncation, shapes, order, every example once."""
 
+import gc
+import threading
+import time
+
 import numpy as np
 import pytest
 
-from flaxtune.data.pipeline import bucket_lengths, eval_batches, steps_per_epoch, train_batches
+from flaxtune.data.pipeline import (batch_plan, bucket_lengths, epoch_order, eval_batches, prefetch,
+                                    steps_per_epoch, train_batches)
 from flaxtune.data.tokenize import Tokenized, TokenizationError, tokenize_texts
 
 
@@ -104,3 +109,68 @@ def test_eval_batches_count_every_example_once():
     assert sorted(index[index >= 0].tolist()) == list(range(37))
     assert weights.sum() == 37 and (weights[index < 0] == 0).all()
     assert all(b["attention_mask"].reshape(16, -1).sum(-1).min() >= 1 for b in batches)
+
+
+def _prefetch_threads():
+    return [t for t in threading.enumerate() if t.name == "flaxtune-prefetch"]
+
+
+def test_prefetch_yields_the_same_batches_in_order_and_runs_ahead():
+    data = _data(103)
+    kw = dict(global_batch=16, num_devices=8, seed=3, epoch=0, buckets=[16, 32, 64], pack=True)
+    produced = []
+
+    def source():
+        for b in train_batches(data, **kw):
+            produced.append(b)
+            yield b
+
+    it = prefetch(source(), size=2, transform=lambda b: {**b, "seen": len(produced)})
+    first = next(it)
+    time.sleep(0.2)
+    assert len(produced) == 4  # one consumed, two queued, one built and waiting for a place
+    rest = list(it)
+    assert [b["seen"] for b in [first] + rest] == [1, 2, 3, 4, 5, 6]
+    for got, want in zip([first] + rest, train_batches(data, **kw)):
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k])
+    assert list(it) == []  # stays exhausted
+    assert not _prefetch_threads()
+
+
+def test_prefetch_raises_the_producers_error_and_stops_when_closed():
+    def broken():
+        yield 1
+        raise ValueError("bad record 7")
+
+    it = prefetch(broken())
+    assert next(it) == 1
+    with pytest.raises(ValueError, match="bad record 7"):
+        next(it)
+    # a consumer that stops early (break, exception, preemption) leaves no thread behind
+    with prefetch(iter(range(1000)), size=1) as it:
+        assert next(it) == 0
+    assert not _prefetch_threads()
+    it = prefetch(iter(range(1000)), size=1)
+    next(it)
+    del it
+    gc.collect()
+    time.sleep(0.3)
+    assert not _prefetch_threads()
+
+
+def test_grouped_plan_deals_the_epoch_order_into_buckets_then_merges_leftovers():
+    lengths = np.array([3, 20, 4, 25, 5, 30, 6, 2, 40, 7, 1, 9])  # 7 short (<= 8), 5 long
+    order = epoch_order(12, seed=1, epoch=2)
+    assert sorted(order.tolist()) == list(range(12))
+    assert epoch_order(12, seed=1, epoch=3).tolist() != order.tolist()
+    plan = batch_plan(lengths, global_batch=3, seed=1, epoch=2, buckets=[8, 64], group_by_length=True)
+    pos = {i: k for k, i in enumerate(order.tolist())}
+    short = [i for i in order.tolist() if lengths[i] <= 8]
+    long_ = [i for i in order.tolist() if lengths[i] > 8]
+    # full single-bucket batches in the order they fill up, then the leftovers (short bucket
+    # first) re-batched: 12 // 3 = 4 batches, every example once
+    full = sorted([short[0:3], short[3:6], long_[0:3]], key=lambda b: pos[b[-1]])
+    assert [p.tolist() for p in plan] == full + [[short[6], long_[3], long_[4]]]
+    random = batch_plan(lengths, global_batch=3, seed=1, epoch=2, buckets=[8, 64], group_by_length=False)
+    assert [p.tolist() for p in random] == order.reshape(4, 3).tolist()

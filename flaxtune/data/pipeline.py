@@ -1,4 +1,4 @@
-"""Batches: tf.data for training, plain numpy for eval/predict.
+"""Batches for training and eval/predict, built with numpy from the in-memory token ids.
 
 Every batch is a dict of numpy arrays with a leading device axis:
 `input_ids`, `attention_mask` (D, B/D, T) and `labels`, `weights` (D, B/D).
@@ -11,21 +11,14 @@ plus `segment_ids`, `position_ids` and `pool_index` (see `packed_batch`).
 
 from __future__ import annotations
 
-from typing import Iterator
+import dataclasses
+import queue
+import threading
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from flaxtune.data.tokenize import Tokenized
-
-def tf_cpu_only():
-    """TensorFlow with every accelerator hidden from it (it only runs tf.data here)."""
-    from flaxtune.data.tfds_source import hide_accelerators_from_tf
-
-    hide_accelerators_from_tf()
-    import tensorflow as tf
-
-    return tf
-
 
 def bucket_lengths(max_length: int) -> list[int]:
     """The padded lengths batches may have: a few fixed shapes, so compiles stay few.
@@ -106,74 +99,150 @@ def packed_batch(seqs: list[np.ndarray], labels: np.ndarray, *, num_devices: int
             "labels": np.asarray(labels, np.int32).reshape(num_devices, per)}
 
 
+def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+    """The shuffled example order of one epoch; depends only on (seed, epoch)."""
+    return np.random.Generator(np.random.PCG64(epoch_seed(seed, epoch))).permutation(num_examples)
+
+
+def batch_plan(lengths: np.ndarray, *, global_batch: int, seed: int, epoch: int,
+               buckets: list[int], group_by_length: bool) -> list[np.ndarray]:
+    """The example indices of each training batch of one epoch (full batches only).
+
+    Random batches are consecutive slices of the epoch's order. Grouped batches walk the
+    same order, dealing each example to its length bucket; a bucket that holds
+    `global_batch` examples becomes a batch. At the end of the epoch the buckets'
+    leftovers (in bucket order) are merged into mixed batches, so in both modes only
+    `len(lengths) % global_batch` examples wait for the next epoch.
+    """
+    order = epoch_order(len(lengths), seed, epoch)
+    if not group_by_length:
+        n = len(order) // global_batch * global_batch
+        return list(order[:n].reshape(-1, global_batch))
+    bucket_of = np.searchsorted(np.asarray(buckets), lengths)  # first bucket >= length
+    open_batches: list[list[int]] = [[] for _ in buckets]
+    batches = []
+    for i in order.tolist():
+        batch = open_batches[bucket_of[i]]
+        batch.append(i)
+        if len(batch) == global_batch:
+            batches.append(np.asarray(batch))
+            open_batches[bucket_of[i]] = []
+    leftovers = np.asarray([i for batch in open_batches for i in batch], dtype=np.int64)
+    n = len(leftovers) // global_batch * global_batch
+    return batches + list(leftovers[:n].reshape(-1, global_batch))
+
+
+def padded_batch(seqs: list[np.ndarray], labels, *, num_devices: int, buckets: list[int]) -> dict:
+    """Texts right-padded to the smallest bucket that fits the longest: (D, B/D, T) arrays."""
+    t = bucket_for(max(len(x) for x in seqs), buckets)
+    ids = np.zeros((len(seqs), t), np.int32)
+    mask = np.zeros((len(seqs), t), np.int32)
+    for i, x in enumerate(seqs):
+        ids[i, :len(x)] = x
+        mask[i, :len(x)] = 1
+    per = len(seqs) // num_devices
+    return {"input_ids": ids.reshape(num_devices, per, t),
+            "attention_mask": mask.reshape(num_devices, per, t),
+            "labels": np.asarray(labels, np.int32).reshape(num_devices, per)}
+
+
 def train_batches(data: Tokenized, *, global_batch: int, num_devices: int, seed: int,
                   epoch: int, buckets: list[int], skip_batches: int = 0,
-                  shuffle_buffer: int = 0, group_by_length: bool = True,
-                  pack: bool = False) -> Iterator[dict]:
+                  group_by_length: bool = True, pack: bool = False) -> Iterator[dict]:
     """One epoch of shuffled training batches (the last partial batch is dropped).
 
-    The order depends only on (seed, epoch), so a run can restart mid-epoch
-    by skipping the batches it has already seen. With `pack`, batches are random
-    (not grouped by length) and each is packed into rows of the largest bucket's
-    length (`packed_batch`): the same examples per step, almost no padding.
+    The order depends only on (seed, epoch) -- not on the device count or the library
+    versions -- so a run can restart mid-epoch by skipping the batches it has already
+    seen. With `pack`, batches are random (not grouped by length) and each is packed
+    into rows of the largest bucket's length (`packed_batch`): the same examples per
+    step, almost no padding. Without, each batch is padded to its bucket (`padded_batch`).
+    Batches are built from the in-memory token ids on demand (microseconds each); see
+    `prefetch` to build them ahead of the train step.
     """
-    if pack:
-        for batch in train_batches(data, global_batch=global_batch, num_devices=1, seed=seed,
-                                   epoch=epoch, buckets=buckets, skip_batches=skip_batches,
-                                   shuffle_buffer=shuffle_buffer, group_by_length=False):
-            mask = batch["attention_mask"][0].astype(bool)
-            seqs = [row[m] for row, m in zip(batch["input_ids"][0], mask)]
-            yield packed_batch(seqs, batch["labels"][0], num_devices=num_devices,
-                               row_length=buckets[-1])
+    plan = batch_plan(data.lengths, global_batch=global_batch, seed=seed, epoch=epoch,
+                      buckets=buckets, group_by_length=group_by_length and not pack)
+    for idx in plan[skip_batches:]:
+        seqs = [data.ids[i] for i in idx]
+        if pack:
+            yield packed_batch(seqs, data.labels[idx], num_devices=num_devices, row_length=buckets[-1])
+        else:
+            yield padded_batch(seqs, data.labels[idx], num_devices=num_devices, buckets=buckets)
+
+
+class prefetch:
+    """Iterates `batches` in a background thread, up to `size` ahead of the consumer.
+
+    `transform` (e.g. placing a batch on the devices) runs in that thread too, so the
+    next batch is built and transferred while the current train step runs. An exception
+    in the thread is raised in the consumer; `close()` (also when leaving a `with` block
+    or when the object is garbage-collected) stops the thread.
+    """
+
+    def __init__(self, batches: Iterable, size: int = 2, transform: Callable | None = None):
+        self._queue: queue.Queue = queue.Queue(maxsize=max(size, 1))
+        self._stop = threading.Event()
+        # The thread holds the queue and the event, not `self`, so dropping the last
+        # reference to this object closes it.
+        self._thread = threading.Thread(
+            target=_fill, args=(iter(batches), transform, self._queue, self._stop),
+            name="flaxtune-prefetch", daemon=True)
+        self._thread.start()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = self._queue.get()
+        if item is _DONE:
+            self._queue.put(item)  # stays exhausted
+            raise StopIteration
+        if isinstance(item, _Raised):
+            self.close()
+            raise item.error
+        return item
+
+    def close(self):
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def __del__(self):
+        self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+_DONE = object()
+
+
+@dataclasses.dataclass
+class _Raised:
+    error: BaseException
+
+
+def _put(q: queue.Queue, stop: threading.Event, item) -> bool:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            pass
+    return False
+
+
+def _fill(it, transform, q: queue.Queue, stop: threading.Event) -> None:
+    try:
+        for batch in it:
+            if not _put(q, stop, transform(batch) if transform else batch):
+                return
+    except BaseException as e:  # handed to the consumer
+        _put(q, stop, _Raised(e))
         return
-    tf = tf_cpu_only()
-    lengths = data.lengths
-    flat = np.concatenate(data.ids) if len(data) else np.zeros((0,), np.int32)
-    ragged = tf.RaggedTensor.from_row_lengths(flat, lengths)
-    ds = tf.data.Dataset.from_tensor_slices({"ids": ragged, "labels": data.labels})
-    buffer = shuffle_buffer if shuffle_buffer > 0 else len(data)
-    ds = ds.shuffle(buffer, seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
-    bucket_table = tf.constant(buckets, dtype=tf.int32)
-    if group_by_length:
-        # Batches of texts from one length bucket: padding stays within that bucket.
-        # The buckets' leftovers at the end of the epoch are merged into mixed
-        # batches, so, as with random batches, only the last n % batch are dropped.
-        def bucket_id(example):
-            n = tf.cast(tf.shape(example["ids"])[0], tf.int32)
-            return tf.cast(tf.argmax(tf.cast(bucket_table >= n, tf.int32)), tf.int64)
-
-        def size(batch):
-            return tf.shape(batch["labels"])[0]
-
-        grouped = ds.group_by_window(key_func=bucket_id,
-                                     reduce_func=lambda _, w: w.batch(global_batch),
-                                     window_size=global_batch)
-        full = grouped.filter(lambda b: size(b) == global_batch)
-        leftovers = grouped.filter(lambda b: size(b) < global_batch).unbatch()
-        ds = full.concatenate(leftovers.batch(global_batch, drop_remainder=True))
-    else:
-        ds = ds.batch(global_batch, drop_remainder=True)
-    if skip_batches:
-        ds = ds.skip(skip_batches)
-    per_device = global_batch // num_devices
-
-    def to_dense(batch):
-        ids = batch["ids"]
-        if not isinstance(ids, tf.RaggedTensor):
-            ids = tf.RaggedTensor.from_tensor(ids, lengths=batch["length"])
-        longest = tf.cast(tf.reduce_max(ids.row_lengths()), tf.int32)
-        target = tf.gather(bucket_table, tf.argmax(tf.cast(bucket_table >= longest, tf.int32)))
-        dense = ids.to_tensor(default_value=0, shape=[global_batch, target])
-        mask = tf.sequence_mask(ids.row_lengths(), target, dtype=tf.int32)
-        return {
-            "input_ids": tf.reshape(dense, [num_devices, per_device, -1]),
-            "attention_mask": tf.reshape(mask, [num_devices, per_device, -1]),
-            "labels": tf.reshape(tf.cast(batch["labels"], tf.int32), [num_devices, per_device]),
-        }
-
-    ds = ds.map(to_dense, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.prefetch(tf.data.AUTOTUNE)
-    yield from ds.as_numpy_iterator()
+    _put(q, stop, _DONE)
 
 
 def eval_batches(data: Tokenized, *, global_batch: int, num_devices: int,
