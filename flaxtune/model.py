@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from flaxtune.dropout import Dropout
+
 Dtype = Any
 
 
@@ -111,13 +113,13 @@ class Attention(nn.Module):
             scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(head_dim)
             scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
             weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-            weights = nn.Dropout(d.attn_pdrop)(weights, deterministic=False)
+            weights = Dropout(d.attn_pdrop)(weights, deterministic=False)
             out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
         out = out.reshape(b, t, d.n_embd)
         # GPT-2 scales the init of residual projections by 1/sqrt(2 * n_layer).
         proj_init = nn.initializers.normal(d.initializer_range / math.sqrt(2 * d.n_layer))
         out = Conv1D(d.n_embd, dtype=self.dtype, kernel_init=proj_init, name="c_proj")(out)
-        return nn.Dropout(d.resid_pdrop)(out, deterministic=deterministic)
+        return Dropout(d.resid_pdrop)(out, deterministic)
 
 
 class MLP(nn.Module):
@@ -132,7 +134,7 @@ class MLP(nn.Module):
         h = _ACTIVATIONS[d.activation_function](h)
         proj_init = nn.initializers.normal(d.initializer_range / math.sqrt(2 * d.n_layer))
         h = Conv1D(d.n_embd, dtype=self.dtype, kernel_init=proj_init, name="c_proj")(h)
-        return nn.Dropout(d.resid_pdrop)(h, deterministic=deterministic)
+        return Dropout(d.resid_pdrop)(h, deterministic)
 
 
 class Block(nn.Module):
@@ -201,7 +203,7 @@ class FlaxGPT2(nn.Module):
             wte = nn.Embed(d.vocab_size, d.n_embd, embedding_init=init, dtype=self.dtype, name="wte")
             token_embeddings = wte(input_ids)
         x = token_embeddings.astype(self.dtype) + wpe(position_ids)
-        x = nn.Dropout(d.embd_pdrop)(x, deterministic=deterministic)
+        x = Dropout(d.embd_pdrop)(x, deterministic)
         mask = attention_mask_4d(attention_mask, segment_ids)
         x = Blocks(d, self.dtype, name="h")(x, mask, deterministic)
         return nn.LayerNorm(epsilon=d.layer_norm_epsilon, dtype=self.dtype, name="ln_f")(x)

@@ -51,12 +51,16 @@ class PmapStrategy:
         return jax.device_get(jax.tree.map(lambda x: x[0], tree))
 
     def mean(self, x):
-        """Average across devices inside a step (gradients, metrics)."""
-        return jax.lax.pmean(x, self.axis_name)
+        """Average across devices inside a step (gradients, metrics).
+
+        On one device it is the identity (XLA would still emit an all-reduce: a copy of
+        every gradient, ~1 ms a step for a 4 x 256 GPT-2 on CPU).
+        """
+        return x if self.num_devices == 1 else jax.lax.pmean(x, self.axis_name)
 
     def all_gather(self, x):
         """Inside a step: every device's `x` concatenated along axis 0 (device order)."""
-        return jax.lax.all_gather(x, self.axis_name, tiled=True)
+        return x if self.num_devices == 1 else jax.lax.all_gather(x, self.axis_name, tiled=True)
 
     def device_index(self):
         return jax.lax.axis_index(self.axis_name)

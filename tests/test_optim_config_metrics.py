@@ -176,9 +176,10 @@ def test_row_sparse_train_step_equals_dense_optax_step(clip):
         if k.endswith("attn/c_attn/bias"):
             # The key bias shifts every score of a query equally, so softmax makes its true
             # gradient 0; what it gets is float noise that Adam scales up, differently for a
-            # different summation order. Checked apart: it stays noise-sized in both runs.
-            n = dims.n_embd
-            assert np.abs(s[n:2 * n]).max() < 1e-4 and np.abs(d[n:2 * n]).max() < 1e-4
+            # different summation order. Checked apart: it stays noise-sized in both runs,
+            # under 1% of the distance one step at lr 0.05 with a real gradient moves a param.
+            n, bound = dims.n_embd, 0.01 * t.learning_rate
+            assert np.abs(s[n:2 * n]).max() < bound and np.abs(d[n:2 * n]).max() < bound
             s, d = np.delete(s, np.s_[n:2 * n]), np.delete(d, np.s_[n:2 * n])
         np.testing.assert_allclose(s, d, rtol=1e-5, atol=1e-6, err_msg=k)  # lr is 0.05
     # Rows never looked up still moved (AdamW decays them), exactly like the dense update.
