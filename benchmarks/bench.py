@@ -408,11 +408,11 @@ def flaxtune_trainer(config, num_labels: int, steps: int):
     import jax
     from flaxtune.model import GPT2Classifier
     from flaxtune.optim import make_train_optimizer
-    from flaxtune.parallel import PmapStrategy
+    from flaxtune.parallel import make_strategy
     from flaxtune.train import TrainState, train_step
     from flaxtune.weights import DTYPES, dims_for, initial_params, model_source
 
-    strategy = PmapStrategy(jax.local_devices()[:1])
+    strategy = make_strategy(config.train.strategy, jax.local_devices()[:1])
     source = model_source(config)
     dims = dims_for(source.hf_config, config.dropout)
     model = GPT2Classifier(dims, num_labels, dtype=DTYPES[config.dtype])

@@ -61,6 +61,9 @@ def get_config():
     # vocab x n_embd gradient per step); used when grad_accum_steps == 1.
     c.train.row_sparse_embedding = True
     c.train.num_devices = 0          # 0 = all local devices
+    # Data parallelism over the local devices: "shard_map" (jit + shard_map; the donated state is
+    # updated in place) or "pmap" (jax.pmap; XLA copies the state every step). Same arithmetic.
+    c.train.strategy = "shard_map"
     c.train.log_every_steps = 100
     c.train.eval_every_steps = 0     # 0 = after each epoch (and at the end)
     c.train.checkpoint_every_steps = 0  # 0 = after each eval

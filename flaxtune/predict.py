@@ -24,7 +24,7 @@ from flaxtune.data.pipeline import bucket_lengths, eval_batches
 from flaxtune.data.tokenize import Tokenized, TokenizationError, load_tokenizer, tokenize_texts
 from flaxtune.metrics import classification_metrics
 from flaxtune.model import GPT2Classifier
-from flaxtune.parallel import PmapStrategy
+from flaxtune.parallel import DEFAULT_STRATEGY, make_strategy
 from flaxtune.weights import abstract_params, dims_for, load_trained
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
@@ -41,7 +41,7 @@ def _compiled_logits(model, strategy):
     return strategy.compile_eval_step(functools.partial(_logits_step, model=model))
 
 
-def predict_logits(model, params, data: Tokenized, *, strategy: PmapStrategy, global_batch: int,
+def predict_logits(model, params, data: Tokenized, *, strategy, global_batch: int,
                    buckets: list[int], replicated: bool = False) -> np.ndarray:
     """Logits for every example of `data`, in input order, each counted exactly once."""
     if not replicated:
@@ -88,7 +88,7 @@ class Classifier:
             raise FileNotFoundError(f"{workdir}: tokenizer files missing (expected {tok_dir})")
         tokenizer = load_tokenizer(str(tok_dir))
         return cls(model, params, tokenizer, meta["label_names"], meta["max_length"], meta,
-                   PmapStrategy(devices))
+                   make_strategy(DEFAULT_STRATEGY, devices))
 
     @classmethod
     def from_hf(cls, folder, *, tokenizer=None, max_length: int | None = None,
@@ -151,7 +151,7 @@ class Classifier:
         meta = {"step": info.get("step"), "label_names": label_names, "model_config": model_config,
                 "max_length": max_length, "dtype": "float32", "hf_folder": str(folder),
                 **{k: info[k] for k in ("text_field", "label_field", "encoding") if k in info}}
-        return cls(model, params, tokenizer, label_names, max_length, meta, PmapStrategy(devices))
+        return cls(model, params, tokenizer, label_names, max_length, meta, make_strategy(DEFAULT_STRATEGY, devices))
 
     @classmethod
     def load(cls, path, *, step: int | None = None, tokenizer=None, max_length: int | None = None,

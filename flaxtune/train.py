@@ -1,4 +1,4 @@
-"""Training: state, the pmapped train/eval steps, and the loop.
+"""Training: state, the data-parallel train step, and the loop.
 
 `train_and_evaluate(config, workdir)` is the whole job; the CLI and the Colab
 notebooks call it. Data flows: config -> records -> label map -> token ids ->
@@ -34,7 +34,7 @@ from flaxtune.host_memory import keep_freed_memory
 from flaxtune.metrics import classification_metrics
 from flaxtune.model import GPT2Classifier
 from flaxtune.optim import RowSparseAdamW, make_train_optimizer, split_table
-from flaxtune.parallel import PmapStrategy
+from flaxtune.parallel import make_strategy
 from flaxtune.predict import predict_logits
 from flaxtune.weights import DTYPES, abstract_params, dims_for, initial_params, model_source
 
@@ -171,7 +171,7 @@ def train_and_evaluate(config, workdir) -> dict:
             raise config_lib.ConfigError(
                 f"config.train.num_devices={t.num_devices} but only {len(devices)} devices are visible")
         devices = devices[:t.num_devices]
-    strategy = PmapStrategy(devices)
+    strategy = make_strategy(t.get("strategy", "shard_map"), devices)
     config_lib.check_batch_divisible(config, strategy.num_devices)
 
     source = model_source(config)
