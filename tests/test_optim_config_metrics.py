@@ -106,6 +106,19 @@ def test_max_length_above_n_positions_is_refused():
         config_lib.check_max_length(c, 1024)
 
 
+def test_unknown_strategy_is_refused_at_validation(tmp_path):
+    c = config_lib.load_config_file(str(REPO / "configs" / "sst2_local.py"))
+    for field in ("train_file", "eval_file"):
+        (tmp_path / f"{field}.tsv").write_text("sentence\tlabel\nok\t1\n")
+        c.data[field] = str(tmp_path / f"{field}.tsv")
+    assert c.train.strategy == "shard_map"
+    config_lib.validate_config(c)
+    config_lib.apply_overrides(c, {"train.strategy": "tpu"})
+    with pytest.raises(config_lib.ConfigError,
+                       match="config.train.strategy must be one of shard_map, pmap, got 'tpu'"):
+        config_lib.validate_config(c)
+
+
 def test_metrics_exact_values():
     # labels:  0 0 0 1 1 2 ; preds: 0 0 1 1 0 2
     labels = np.array([0, 0, 0, 1, 1, 2])

@@ -62,6 +62,22 @@ def test_eight_devices_and_one_give_the_same_losses(run8, sst2_slice, tmp_path):
     np.testing.assert_allclose(read_jsonl(workdir8 / "eval_metrics.jsonl")[-1]["loss"], metrics1["loss"], rtol=1e-3)
 
 
+def test_pmap_strategy_trains_like_the_default(run8, sst2_slice, tmp_path):
+    """train.strategy=pmap (state with a device axis) on 8 devices: the losses, eval and saved
+    parameters of the default shard_map run."""
+    workdir8, metrics8 = run8
+    metrics = train_and_evaluate(tiny_config(sst2_slice, strategy="pmap"), tmp_path)
+    loss_default = [r["loss"] for r in read_jsonl(workdir8 / "train_metrics.jsonl")]
+    loss_pmap = [r["loss"] for r in read_jsonl(tmp_path / "train_metrics.jsonl")]
+    assert len(loss_pmap) == STEPS
+    np.testing.assert_allclose(loss_pmap, loss_default, rtol=1e-4, atol=0)
+    assert metrics["accuracy"] == metrics8["accuracy"]
+    np.testing.assert_allclose(metrics["loss"], metrics8["loss"], rtol=1e-4)
+    a = Classifier.restore(workdir8, devices=jax.local_devices()[:1]).logits(["a fine film", "bad"])
+    b = Classifier.restore(tmp_path, devices=jax.local_devices()[:1]).logits(["a fine film", "bad"])
+    np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-5)
+
+
 def test_checkpoint_holds_what_predict_needs(run8):
     workdir, metrics = run8
     ckpts = Checkpoints(workdir, read_only=True)
