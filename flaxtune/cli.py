@@ -80,15 +80,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _read(path, clf, args, require_label):
-    from flaxtune.data.readers import read_records
+    from flaxtune.data.readers import DataError, read_records
     from flaxtune.data.validation import validate_records
 
     meta = clf.meta
-    records = read_records(path, text_field=args.text_field or meta.get("text_field", "text"),
-                           label_field=getattr(args, "label_field", None) or meta.get("label_field", "label"),
-                           encoding=args.encoding or meta.get("encoding", "utf-8"),
-                           file_format=args.file_format, require_label=require_label)
-    records, _ = validate_records(records, require_label=require_label)
+    try:
+        records = read_records(path, text_field=args.text_field or meta.get("text_field", "text"),
+                               label_field=getattr(args, "label_field", None) or meta.get("label_field", "label"),
+                               encoding=args.encoding or meta.get("encoding", "utf-8"),
+                               file_format=args.file_format, require_label=require_label)
+        records, _ = validate_records(records, require_label=require_label)
+    except DataError as e:
+        # The reader's hints name config fields (data.text_field, ...); here they are flags.
+        flags = ("--text-field / --label-field" if require_label else "--text-field")
+        raise DataError(f"{e}\n(in `{args.command}` the columns default to the ones used in training: "
+                        f"text {args.text_field or meta.get('text_field', 'text')!r}"
+                        + ("" if not require_label else
+                           f", label {getattr(args, 'label_field', None) or meta.get('label_field', 'label')!r}")
+                        + f"; set {flags}, --encoding and --format on the command line)") from None
     return records
 
 
@@ -125,10 +134,11 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    from flaxtune.data.readers import DataError
     from flaxtune.predict import Classifier
 
     if bool(args.texts) == bool(args.input):
-        raise SystemExit("predict: give texts as arguments or --input FILE (one of the two)")
+        raise DataError("predict: give texts as arguments or --input FILE (one of the two)")
     clf = Classifier.load(args.checkpoint, step=args.step, tokenizer=args.tokenizer)
     if args.input:
         texts = [r.text for r in _read(args.input, clf, args, require_label=False)]
@@ -136,7 +146,7 @@ def cmd_predict(args) -> int:
         texts = list(args.texts)
         blank = [i + 1 for i, t in enumerate(texts) if not t.strip()]
         if blank:
-            raise SystemExit(f"predict: text argument(s) {blank} are empty")
+            raise DataError(f"predict: text argument(s) {blank} are empty")
     preds = clf.predict(texts, per_device_batch=args.batch_size)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:

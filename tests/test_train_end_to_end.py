@@ -123,6 +123,7 @@ def test_eval_cli_in_new_process_prints_json_last_line(run8, sst2_slice):
     workdir, metrics = run8
     out = _cli("eval", "--checkpoint", str(workdir), "--data", str(sst2_slice / "dev.tsv"))
     assert out.returncode == 0, out.stderr
+    assert "read only" not in out.stderr  # Orbax's misleading read-only-manager warning is hidden
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["accuracy"] == metrics["accuracy"]
     assert result["num_examples"] == 100
@@ -160,6 +161,28 @@ def test_predict_cli_texts_and_file(run8, tmp_path):
     for r, p in zip(rows, expected):
         assert list(r["probs"]) == ["0", "1"]
         np.testing.assert_allclose(list(r["probs"].values()), p.probs, atol=1e-5)
+
+
+def test_eval_and_predict_input_errors_name_the_cli_flags(run8, tmp_path, capsys):
+    from flaxtune.cli import main
+
+    workdir, _ = run8
+    bad = tmp_path / "reviews.tsv"
+    bad.write_text("text\tlabel\ngreat\t1\n")
+    assert main(["predict", "--checkpoint", str(workdir), "--input", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {bad}, line 1: header is missing the text column 'sentence' (data.text_field)" in err
+    assert ("(in `predict` the columns default to the ones used in training: text 'sentence'; "
+            "set --text-field, --encoding and --format on the command line)") in err
+    assert main(["eval", "--checkpoint", str(workdir), "--data", str(bad)]) == 2
+    assert "text 'sentence', label 'label'; set --text-field / --label-field" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(workdir), "--data", str(tmp_path / "nope.tsv")]) == 2
+    assert f"error: {tmp_path / 'nope.tsv'}: file not found (relative paths are from " in capsys.readouterr().err
+    # predicts with the flag; and a command line with neither texts nor --input is an error too
+    assert main(["predict", "--checkpoint", str(workdir), "--input", str(bad), "--text-field", "text"]) == 0
+    assert capsys.readouterr().out.startswith(("0\t", "1\t"))
+    assert main(["predict", "--checkpoint", str(workdir)]) == 2
+    assert "error: predict: give texts as arguments or --input FILE (one of the two)" in capsys.readouterr().err
 
 
 def test_workdir_of_a_different_run_is_refused(run8, sst2_slice):

@@ -152,9 +152,9 @@ def _read_text(path, encoding: str) -> str:
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
-        raise DataError(f"{path}: file not found; check the data path in the config.") from None
+        raise DataError(f"{path}: file not found (relative paths are from {os.getcwd()}); check the path.") from None
     except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, expected a data file; check the data path in the config.") from None
+        raise DataError(f"{path}: is a directory, expected a data file (TSV, CSV or JSONL); check the path.") from None
     try:
         return data.decode(decode_as)
     except UnicodeDecodeError as e:
