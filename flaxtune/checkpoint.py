@@ -56,20 +56,10 @@ def _check_writable(directory: Path) -> None:
                               "Pass a writable --workdir.") from e
 
 
-class _DropMessage(logging.Filter):
-    def __init__(self, prefix: str):
-        super().__init__()
-        self.prefix = prefix
-
-    def filter(self, record):
-        return not str(record.msg).startswith(self.prefix)
-
-
-def _drop_absl_warning(prefix: str) -> None:
-    """Hides one misleading absl log message (installed once per prefix)."""
-    logger = logging.getLogger("absl")
-    if not any(isinstance(f, _DropMessage) and f.prefix == prefix for f in logger.filters):
-        logger.addFilter(_DropMessage(prefix))
+def _not_read_only_warning(record) -> bool:
+    """absl log filter: Orbax warns "Given directory is read only" for every read-only manager;
+    it means the manager will not write, not that the folder is unwritable."""
+    return not str(record.msg).startswith("Given directory is read only")
 
 
 class Checkpoints:
@@ -88,9 +78,7 @@ class Checkpoints:
             raise CheckpointError(f"no checkpoints in {Path(workdir)} (expected {self.directory}); "
                                   "pass the --workdir of a train run")
         if read_only:
-            # Orbax warns "Given directory is read only" for every read-only manager: it means
-            # this manager will not write, not that the folder is unwritable.
-            _drop_absl_warning("Given directory is read only")
+            logging.getLogger("absl").addFilter(_not_read_only_warning)  # no-op once installed
             options = ocp.CheckpointManagerOptions(read_only=True, create=False, max_to_keep=None,
                                                    save_interval_steps=0)
         else:

@@ -84,20 +84,20 @@ def _read(path, clf, args, require_label):
     from flaxtune.data.validation import validate_records
 
     meta = clf.meta
+    text_field = args.text_field or meta.get("text_field", "text")
+    label_field = getattr(args, "label_field", None) or meta.get("label_field", "label")
     try:
-        records = read_records(path, text_field=args.text_field or meta.get("text_field", "text"),
-                               label_field=getattr(args, "label_field", None) or meta.get("label_field", "label"),
+        records = read_records(path, text_field=text_field, label_field=label_field,
                                encoding=args.encoding or meta.get("encoding", "utf-8"),
                                file_format=args.file_format, require_label=require_label)
         records, _ = validate_records(records, require_label=require_label)
     except DataError as e:
         # The reader's hints name config fields (data.text_field, ...); here they are flags.
-        flags = ("--text-field / --label-field" if require_label else "--text-field")
+        columns, flags = f"text {text_field!r}", "--text-field"
+        if require_label:
+            columns, flags = f"{columns}, label {label_field!r}", "--text-field / --label-field"
         raise DataError(f"{e}\n(in `{args.command}` the columns default to the ones used in training: "
-                        f"text {args.text_field or meta.get('text_field', 'text')!r}"
-                        + ("" if not require_label else
-                           f", label {getattr(args, 'label_field', None) or meta.get('label_field', 'label')!r}")
-                        + f"; set {flags}, --encoding and --format on the command line)") from None
+                        f"{columns}; set {flags}, --encoding and --format on the command line)") from None
     return records
 
 

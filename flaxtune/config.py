@@ -15,7 +15,7 @@ from pathlib import Path
 
 import ml_collections
 
-from flaxtune.parallel import STRATEGIES
+from flaxtune.parallel import DEFAULT_STRATEGY, STRATEGIES
 
 
 class ConfigError(ValueError):
@@ -146,7 +146,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.train.learning_rate must be > 0, got {t.learning_rate}")
     if t.num_train_steps <= 0 and t.num_epochs <= 0:
         raise ConfigError("set config.train.num_epochs > 0 or config.train.num_train_steps > 0")
-    if t.get("strategy", "shard_map") not in STRATEGIES:
+    if t.get("strategy", DEFAULT_STRATEGY) not in STRATEGIES:
         raise ConfigError(f"config.train.strategy must be one of {', '.join(STRATEGIES)}, "
                           f"got {t.strategy!r}")
     if c.dtype not in ("float32", "bfloat16", "float16"):

@@ -28,17 +28,16 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 AXIS = "batch"
-STRATEGIES = ("shard_map", "pmap")
-DEFAULT_STRATEGY = "shard_map"
+STRATEGIES = ("shard_map", "pmap")  # train.strategy values; the first is the default
+DEFAULT_STRATEGY = STRATEGIES[0]
 
 
 def make_strategy(name: str, devices=None):
     """The strategy called `name` (`train.strategy`) over `devices` (default: all local)."""
-    if name == "shard_map":
-        return ShardMapStrategy(devices)
-    if name == "pmap":
-        return PmapStrategy(devices)
-    raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+    classes = {cls.name: cls for cls in (ShardMapStrategy, PmapStrategy)}
+    if name not in classes:
+        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+    return classes[name](devices)
 
 
 class PmapStrategy:
@@ -127,6 +126,14 @@ class ShardMapStrategy(PmapStrategy):
     def _with_axis(self, tree):
         return jax.tree.map(lambda x: x[None], tree)
 
+    def _map(self, per_device, *, returns_state: bool):
+        """jit(shard_map(per_device)) over (replicated tree, batch split on the device axis);
+        with `returns_state`, the first output is the replicated, donated state."""
+        split, rep = PartitionSpec(self.axis_name), PartitionSpec()
+        mapped = jax.shard_map(per_device, mesh=self._mesh, in_specs=(rep, split),
+                               out_specs=(rep, split) if returns_state else split, check_vma=False)
+        return jax.jit(mapped, donate_argnums=(0,) if returns_state else ())
+
     def compile_train_step(self, fn):
         """fn(state, batch) -> (state, metrics): the state replicated and donated; metrics
         come back with a leading device axis."""
@@ -134,16 +141,9 @@ class ShardMapStrategy(PmapStrategy):
             state, metrics = fn(state, self._local(batch))
             return state, self._with_axis(metrics)
 
-        split, rep = PartitionSpec(self.axis_name), PartitionSpec()
-        return jax.jit(jax.shard_map(per_device, mesh=self._mesh, in_specs=(rep, split),
-                                     out_specs=(rep, split), check_vma=False),
-                       donate_argnums=(0,))
+        return self._map(per_device, returns_state=True)
 
     def compile_eval_step(self, fn):
         """fn(params, batch) -> per-device outputs, returned with a leading device axis."""
-        def per_device(params, batch):
-            return self._with_axis(fn(params, self._local(batch)))
-
-        split, rep = PartitionSpec(self.axis_name), PartitionSpec()
-        return jax.jit(jax.shard_map(per_device, mesh=self._mesh, in_specs=(rep, split),
-                                     out_specs=split, check_vma=False))
+        return self._map(lambda params, batch: self._with_axis(fn(params, self._local(batch))),
+                         returns_state=False)

@@ -34,7 +34,7 @@ from flaxtune.host_memory import keep_freed_memory
 from flaxtune.metrics import classification_metrics
 from flaxtune.model import GPT2Classifier
 from flaxtune.optim import RowSparseAdamW, make_train_optimizer, split_table
-from flaxtune.parallel import make_strategy
+from flaxtune.parallel import DEFAULT_STRATEGY, make_strategy
 from flaxtune.predict import predict_logits
 from flaxtune.weights import DTYPES, abstract_params, dims_for, initial_params, model_source
 
@@ -171,7 +171,7 @@ def train_and_evaluate(config, workdir) -> dict:
             raise config_lib.ConfigError(
                 f"config.train.num_devices={t.num_devices} but only {len(devices)} devices are visible")
         devices = devices[:t.num_devices]
-    strategy = make_strategy(t.get("strategy", "shard_map"), devices)
+    strategy = make_strategy(t.get("strategy", DEFAULT_STRATEGY), devices)
     config_lib.check_batch_divisible(config, strategy.num_devices)
 
     source = model_source(config)
@@ -264,36 +264,37 @@ def train_and_evaluate(config, workdir) -> dict:
                                     group_by_length=config.data.group_by_length,
                                     pack=config.data.pack)
             # The next batches are built and placed on the devices while this step runs.
-            for batch in prefetch(batches, size=2, transform=strategy.put_batch):
-                state, metrics = p_train_step(state, batch)
-                step += 1
-                window.append(metrics)
-                window_examples += t.batch_size
-                if step % t.log_every_steps == 0 or step == total_steps:
-                    ms = jax.device_get(window)
-                    record = {"step": step, "loss": float(np.mean([m["loss"][0] for m in ms])),
-                              "accuracy": float(np.mean([m["accuracy"][0] for m in ms])),
-                              "grad_norm": float(np.mean([m["grad_norm"][0] for m in ms])),
-                              "learning_rate": float(schedule(step // t.grad_accum_steps)),
-                              "examples_per_s": window_examples / (time.time() - window_start)}
-                    with open(workdir / "train_metrics.jsonl", "a") as f:
-                        f.write(json.dumps(record) + "\n")
-                    log.info("step %d/%d  epoch %.2f  loss %.4f  acc %.3f  lr %.2e  %.1f examples/s",
-                             step, total_steps, step / spe, record["loss"], record["accuracy"],
-                             record["learning_rate"], record["examples_per_s"])
-                    window, window_start, window_examples = [], time.time(), 0
-                if step % eval_every == 0 or step == total_steps:
-                    eval_metrics, last_eval_step = evaluate(state), step
-                if step % ckpt_every == 0 or step == total_steps:
-                    save(state, eval_metrics if last_eval_step == step else None)
-                    last_saved = step
-                if stop and step < total_steps:
-                    if last_saved != step:
+            with prefetch(batches, size=2, transform=strategy.put_batch) as placed:
+                for batch in placed:
+                    state, metrics = p_train_step(state, batch)
+                    step += 1
+                    window.append(metrics)
+                    window_examples += t.batch_size
+                    if step % t.log_every_steps == 0 or step == total_steps:
+                        ms = jax.device_get(window)
+                        record = {"step": step, "loss": float(np.mean([m["loss"][0] for m in ms])),
+                                  "accuracy": float(np.mean([m["accuracy"][0] for m in ms])),
+                                  "grad_norm": float(np.mean([m["grad_norm"][0] for m in ms])),
+                                  "learning_rate": float(schedule(step // t.grad_accum_steps)),
+                                  "examples_per_s": window_examples / (time.time() - window_start)}
+                        with open(workdir / "train_metrics.jsonl", "a") as f:
+                            f.write(json.dumps(record) + "\n")
+                        log.info("step %d/%d  epoch %.2f  loss %.4f  acc %.3f  lr %.2e  %.1f examples/s",
+                                 step, total_steps, step / spe, record["loss"], record["accuracy"],
+                                 record["learning_rate"], record["examples_per_s"])
+                        window, window_start, window_examples = [], time.time(), 0
+                    if step % eval_every == 0 or step == total_steps:
+                        eval_metrics, last_eval_step = evaluate(state), step
+                    if step % ckpt_every == 0 or step == total_steps:
                         save(state, eval_metrics if last_eval_step == step else None)
-                    ckpts.wait()
-                    raise Preempted(stop[0], step, workdir)
-                if step >= total_steps:
-                    break
+                        last_saved = step
+                    if stop and step < total_steps:
+                        if last_saved != step:
+                            save(state, eval_metrics if last_eval_step == step else None)
+                        ckpts.wait()
+                        raise Preempted(stop[0], step, workdir)
+                    if step >= total_steps:
+                        break
         if eval_metrics is None or last_eval_step != step:
             eval_metrics = evaluate(state)
         if last_saved != step or ckpts.latest_step() != step:

@@ -132,15 +132,22 @@ def batch_plan(lengths: np.ndarray, *, global_batch: int, seed: int, epoch: int,
     return batches + list(leftovers[:n].reshape(-1, global_batch))
 
 
-def padded_batch(seqs: list[np.ndarray], labels, *, num_devices: int, buckets: list[int]) -> dict:
-    """Texts right-padded to the smallest bucket that fits the longest: (D, B/D, T) arrays."""
+def _right_pad(seqs: list[np.ndarray], num_rows: int, buckets: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, mask), each (num_rows, T): `seqs` right-padded to the smallest bucket T that fits
+    the longest; rows past len(seqs) are all padding."""
     t = bucket_for(max(len(x) for x in seqs), buckets)
-    ids = np.zeros((len(seqs), t), np.int32)
-    mask = np.zeros((len(seqs), t), np.int32)
+    ids = np.zeros((num_rows, t), np.int32)
+    mask = np.zeros((num_rows, t), np.int32)
     for i, x in enumerate(seqs):
         ids[i, :len(x)] = x
         mask[i, :len(x)] = 1
-    per = len(seqs) // num_devices
+    return ids, mask
+
+
+def padded_batch(seqs: list[np.ndarray], labels, *, num_devices: int, buckets: list[int]) -> dict:
+    """Texts right-padded to the smallest bucket that fits the longest: (D, B/D, T) arrays."""
+    ids, mask = _right_pad(seqs, len(seqs), buckets)
+    t, per = ids.shape[1], len(seqs) // num_devices
     return {"input_ids": ids.reshape(num_devices, per, t),
             "attention_mask": mask.reshape(num_devices, per, t),
             "labels": np.asarray(labels, np.int32).reshape(num_devices, per)}
@@ -258,12 +265,8 @@ def eval_batches(data: Tokenized, *, global_batch: int, num_devices: int,
     for start in range(0, n, global_batch):
         picked = order[start:start + global_batch]
         rows = [data.ids[i] for i in picked]
-        t = bucket_for(max(len(r) for r in rows), buckets)
-        ids = np.zeros((global_batch, t), np.int32)
-        mask = np.zeros((global_batch, t), np.int32)
-        for i, r in enumerate(rows):
-            ids[i, :len(r)] = r
-            mask[i, :len(r)] = 1
+        ids, mask = _right_pad(rows, global_batch, buckets)
+        t = ids.shape[1]
         mask[len(rows):, 0] = 1  # padding rows: one dummy token, so no row is all-masked
         weights = np.zeros((global_batch,), np.float32)
         weights[:len(rows)] = 1.0
