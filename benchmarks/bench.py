@@ -403,8 +403,9 @@ def run_torch(args) -> dict:
             "dtype": "float32", **log.summary()}
 
 
-def flaxtune_trainer(config, num_labels: int, steps: int):
-    """Model, optimizer, replicated state and the pmapped step, as flaxtune.train builds them."""
+def flaxtune_trainer(config, num_labels: int, steps: int, table_ids=None):
+    """Model, optimizer, replicated state and the compiled step, as flaxtune.train builds them
+    (`table_ids`: every token id the run trains on, as train_and_evaluate passes them)."""
     import jax
     from flaxtune.model import GPT2Classifier
     from flaxtune.optim import make_train_optimizer
@@ -416,7 +417,7 @@ def flaxtune_trainer(config, num_labels: int, steps: int):
     source = model_source(config)
     dims = dims_for(source.hf_config, config.dropout)
     model = GPT2Classifier(dims, num_labels, dtype=DTYPES[config.dtype])
-    tx, _ = make_train_optimizer(config.train, steps)
+    tx, _ = make_train_optimizer(config.train, steps, table_ids=table_ids)
     params = initial_params(model, source, config.seed)
     leaves = jax.tree_util.tree_leaves_with_path(params)
     n_total = sum(int(np.size(x)) for _, x in leaves)
@@ -549,6 +550,7 @@ def run_flaxtune(args, fixed_padding: bool) -> dict:
     Warm-up first (batches of pool rows, never measured examples), covering every shape the
     measured batches have, then one pass over the measured subset, timed step by step."""
     import jax
+    from flaxtune.optim import training_token_ids
 
     counter = CompileCounter()
     config = build_config(args)
@@ -583,7 +585,11 @@ def run_flaxtune(args, fixed_padding: bool) -> dict:
         make_warmup = searched_warmup_batches if kw.get("pack") else grouped_warmup_batches
         warm_batches, warm_rows = make_warmup(config, pool, label_names, plan, kw)
 
-    strategy, state, p_step, param_counts = flaxtune_trainer(config, len(label_names), total_steps(args))
+    # The token ids of everything this run trains on (measured and warm-up examples), as
+    # train_and_evaluate gives its training split's to the optimizer.
+    table_ids = training_token_ids([*data.ids, *(np.asarray(wb["input_ids"]) for wb in warm_batches)])
+    strategy, state, p_step, param_counts = flaxtune_trainer(config, len(label_names), total_steps(args),
+                                                             table_ids)
     if not fixed_padding:
         # As train_and_evaluate feeds its step: batches built and placed on the device in a
         # background thread, two ahead (warm-up batches are placed the same way, so their

@@ -16,7 +16,7 @@ devices), gradients averaged with `lax.pmean`, and the train state donated.
 
 The training loop talks only to a strategy's methods, so a jit + NamedSharding strategy
 (FSDP) can slot in with the same interface: `replicate`, `put_batch`, `to_host`,
-`compile_train_step`, `compile_eval_step`, `gather_rows`, and inside a step `mean`,
+`compile_train_step`, `compile_eval_step`, `compile_state_update`, `gather_rows`, and inside a step `mean`,
 `all_gather`, `device_index`. Step outputs other than the state (metrics, logits) keep
 a leading device axis in both strategies.
 """
@@ -96,6 +96,10 @@ class PmapStrategy:
     def compile_eval_step(self, fn):
         return jax.pmap(fn, axis_name=self.axis_name, devices=self.devices)
 
+    def compile_state_update(self, fn):
+        """fn(state) -> state, run on every device's copy; the state is donated."""
+        return jax.pmap(fn, axis_name=self.axis_name, devices=self.devices, donate_argnums=(0,))
+
     def gather_rows(self, x):
         """(devices, per_device, ...) device output -> (global, ...) numpy."""
         x = np.asarray(jax.device_get(x))
@@ -147,3 +151,9 @@ class ShardMapStrategy(PmapStrategy):
         """fn(params, batch) -> per-device outputs, returned with a leading device axis."""
         return self._map(lambda params, batch: self._with_axis(fn(params, self._local(batch))),
                          returns_state=False)
+
+    def compile_state_update(self, fn):
+        """fn(state) -> state, on the replicated state (donated)."""
+        rep = PartitionSpec()
+        mapped = jax.shard_map(fn, mesh=self._mesh, in_specs=(rep,), out_specs=rep, check_vma=False)
+        return jax.jit(mapped, donate_argnums=(0,))

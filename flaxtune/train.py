@@ -33,7 +33,7 @@ from flaxtune.data.tokenize import Tokenized, load_tokenizer, tokenize_texts
 from flaxtune.host_memory import keep_freed_memory
 from flaxtune.metrics import classification_metrics
 from flaxtune.model import GPT2Classifier
-from flaxtune.optim import RowSparseAdamW, make_train_optimizer, split_table
+from flaxtune.optim import RowSparseAdamW, make_train_optimizer, split_table, training_token_ids
 from flaxtune.parallel import DEFAULT_STRATEGY, make_strategy
 from flaxtune.predict import predict_logits
 from flaxtune.weights import DTYPES, abstract_params, dims_for, initial_params, model_source
@@ -69,9 +69,9 @@ def train_step(state: TrainState, batch: dict, *, model, tx, strategy, seed: int
         return loss, logits
 
     if isinstance(tx, RowSparseAdamW):
-        rest, table = split_table(state.params)
+        rest, _ = split_table(state.params)
         (loss, logits), (rest_grads, rows) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
-            rest, table[ids])
+            rest, tx.lookup(state.params, state.opt_state, ids))
         # The mean over devices of each device's dense table gradient, as rows.
         rest_grads = strategy.mean(rest_grads)
         rows = strategy.all_gather(rows) / strategy.num_devices
@@ -89,6 +89,16 @@ def train_step(state: TrainState, batch: dict, *, model, tx, strategy, seed: int
         "grad_norm": grad_norm,
     })
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def materialize(state: TrainState, *, tx) -> TrainState:
+    """The state with the parameters AdamW would have: a `RowSparseAdamW` leaves the token
+    embedding's rows stale between calls (see flaxtune.optim). Run it (compiled with the
+    strategy's `compile_state_update`) before reading `state.params`: eval, checkpoints, the end."""
+    if not isinstance(tx, RowSparseAdamW):
+        return state
+    params, opt_state = tx.materialize(state.params, state.opt_state)
+    return state.replace(params=params, opt_state=opt_state)
 
 
 class Preempted(RuntimeError):
@@ -197,13 +207,15 @@ def train_and_evaluate(config, workdir) -> dict:
     ckpt_every = t.checkpoint_every_steps if t.checkpoint_every_steps > 0 else eval_every
 
     model = GPT2Classifier(dims, len(label_names), dtype=DTYPES[config.dtype])
-    tx, schedule = make_train_optimizer(t, total_steps)
+    tx, schedule = make_train_optimizer(t, total_steps, table_ids=training_token_ids(train_data.ids))
     # What makes a checkpoint part of this run (resuming is refused if any differs).
     identity = {"label_names": label_names, "model_config": source.hf_config.to_dict(),
                 "max_length": config.max_length, "seed": config.seed, "batch_size": t.batch_size,
                 "grad_accum_steps": t.grad_accum_steps,
                 # the optimizer state's layout differs between the two
                 "row_sparse_embedding": isinstance(tx, RowSparseAdamW)}
+    if isinstance(tx, RowSparseAdamW):  # its state holds the rows of the training data's tokens
+        identity["embedding_rows"] = tx.table_rows_digest(dims.vocab_size)
     identity["model_config"].pop("transformers_version", None)
     identity = json.loads(json.dumps(identity))  # as it reads back from the checkpoint
 
@@ -230,6 +242,7 @@ def train_and_evaluate(config, workdir) -> dict:
     del params, opt_state
     p_train_step = strategy.compile_train_step(functools.partial(
         train_step, model=model, tx=tx, strategy=strategy, seed=config.seed))
+    p_materialize = strategy.compile_state_update(functools.partial(materialize, tx=tx))
 
     def meta_for(step, metrics):
         return {**identity, "step": step, "dtype": config.dtype, "text_field": config.data.text_field,
@@ -283,9 +296,13 @@ def train_and_evaluate(config, workdir) -> dict:
                                  step, total_steps, step / spe, record["loss"], record["accuracy"],
                                  record["learning_rate"], record["examples_per_s"])
                         window, window_start, window_examples = [], time.time(), 0
-                    if step % eval_every == 0 or step == total_steps:
+                    do_eval = step % eval_every == 0 or step == total_steps
+                    do_save = step % ckpt_every == 0 or step == total_steps
+                    if do_eval or do_save or stop:  # params read out: bring them up to date
+                        state = p_materialize(state)
+                    if do_eval:
                         eval_metrics, last_eval_step = evaluate(state), step
-                    if step % ckpt_every == 0 or step == total_steps:
+                    if do_save:
                         save(state, eval_metrics if last_eval_step == step else None)
                         last_saved = step
                     if stop and step < total_steps:
@@ -295,6 +312,7 @@ def train_and_evaluate(config, workdir) -> dict:
                         raise Preempted(stop[0], step, workdir)
                     if step >= total_steps:
                         break
+        state = p_materialize(state)
         if eval_metrics is None or last_eval_step != step:
             eval_metrics = evaluate(state)
         if last_saved != step or ckpts.latest_step() != step:

@@ -63,3 +63,14 @@ def torch_classifier_dir(tmp_path_factory, tiny_hf_config):
     out = tmp_path_factory.mktemp("hf_cls")
     model.save_pretrained(out)
     return out, model
+
+
+def trained_params(strategy, state, tx):
+    """A trained state's parameters on the host, as AdamW has them (`train.materialize`:
+    the row-sparse optimizer leaves the token embedding's params stale between read-outs)."""
+    import functools
+
+    from flaxtune.train import materialize
+
+    state = strategy.compile_state_update(functools.partial(materialize, tx=tx))(state)
+    return strategy.to_host(state).params

@@ -14,11 +14,11 @@ from flaxtune import config as config_lib
 from flaxtune.metrics import classification_metrics
 from flaxtune.model import GPT2Classifier, GPT2Dims
 from flaxtune.optim import (RowSparseAdamW, learning_rate_schedule, make_optimizer, make_train_optimizer,
-                            sum_rows, weight_decay_mask)
+                            sum_rows, training_token_ids, weight_decay_mask)
 from flaxtune.parallel import PmapStrategy
-from flaxtune.train import TrainState, train_step
+from flaxtune.train import TrainState, materialize, train_step
 
-from conftest import REPO
+from conftest import REPO, trained_params
 
 
 @pytest.fixture(scope="module")
@@ -151,33 +151,40 @@ def test_sum_rows_adds_repeated_ids_and_pads_with_out_of_range():
 @pytest.mark.parametrize("clip", [0.5, 0.0])
 def test_row_sparse_train_step_equals_dense_optax_step(clip):
     """Through the real pmapped train_step on 4 devices: RowSparseAdamW (rows gathered
-    across devices, repeated tokens, padding) gives the params and grad norms of
+    across devices, repeated tokens, padding, compact rows for the batches' token ids only,
+    read out mid-run and at the end) gives the params and grad norms of
     optax.chain(clip_by_global_norm, adamw) on the dense gradient."""
     dims = GPT2Dims(vocab_size=50, n_positions=16, n_embd=8, n_layer=2, n_head=2)
     model = GPT2Classifier(dims, 3)
     params = model.init(jax.random.key(1), jnp.ones((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32))["params"]
     strategy = PmapStrategy(jax.local_devices()[:4])
+    rng = np.random.default_rng(0)
+    batches = []
+    for lo in (0, 10, 0, 20, 5, 10):  # rows touched, left for a few steps, touched again
+        ids = rng.integers(lo, lo + 12, (4, 2, 6)).astype(np.int32)  # many repeats
+        mask = np.ones_like(ids)
+        mask[:, 1, 4:] = 0
+        batches.append({"input_ids": ids, "attention_mask": mask,
+                        "labels": rng.integers(0, 3, (4, 2)).astype(np.int32)})
+    table_ids = training_token_ids([b["input_ids"] for b in batches])
+    assert 20 < len(table_ids) <= 32  # rows 32.. are never looked up
     t = _train_config(grad_clip_norm=clip)
-    sparse_tx, _ = make_train_optimizer(t, total_steps=8)
+    sparse_tx, _ = make_train_optimizer(t, total_steps=8, table_ids=table_ids)
     dense_tx, _ = make_optimizer(t, total_steps=8)
     assert isinstance(sparse_tx, RowSparseAdamW) and not isinstance(dense_tx, RowSparseAdamW)
-    rng = np.random.default_rng(0)
     runs = {}
     for name, tx in (("sparse", sparse_tx), ("dense", dense_tx)):
         state = strategy.replicate(TrainState(step=np.int32(0), params=params, opt_state=tx.init(params)))
         step = strategy.compile_train_step(functools.partial(train_step, model=model, tx=tx,
                                                              strategy=strategy, seed=3))
-        rng = np.random.default_rng(0)
+        read_out = strategy.compile_state_update(functools.partial(materialize, tx=tx))
         norms = []
-        for lo in (0, 10, 0, 20, 5, 10):  # rows touched, left for a few steps, touched again
-            ids = rng.integers(lo, lo + 12, (4, 2, 6)).astype(np.int32)  # many repeats
-            mask = np.ones_like(ids)
-            mask[:, 1, 4:] = 0
-            batch = {"input_ids": ids, "attention_mask": mask,
-                     "labels": rng.integers(0, 3, (4, 2)).astype(np.int32)}
+        for k, batch in enumerate(batches):
             state, metrics = step(state, batch)
             norms.append(float(metrics["grad_norm"][0]))
-        runs[name] = (strategy.to_host(state).params, norms)
+            if k == 2:  # as an eval or checkpoint mid-run does
+                state = read_out(state)
+        runs[name] = (trained_params(strategy, state, tx), norms)
     (sp, sn), (dp, dn) = runs["sparse"], runs["dense"]
     np.testing.assert_allclose(sn, dn, rtol=1e-5)
     if clip:
@@ -198,6 +205,27 @@ def test_row_sparse_train_step_equals_dense_optax_step(clip):
     # Rows never looked up still moved (AdamW decays them), exactly like the dense update.
     untouched = flat_d["transformer/wte/embedding"][32:]
     assert np.abs(untouched - np.asarray(params["transformer"]["wte"]["embedding"])[32:]).max() > 0
+
+
+def test_row_sparse_state_holds_only_the_training_rows():
+    """Compact rows for the training token ids; the params' table is stale until read out."""
+    dims = GPT2Dims(vocab_size=50, n_positions=16, n_embd=8, n_layer=1, n_head=2)
+    model = GPT2Classifier(dims, 2)
+    params = model.init(jax.random.key(0), jnp.ones((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32))["params"]
+    table_ids = training_token_ids([np.array([7, 3, 7]), np.array([41])])
+    assert table_ids.tolist() == [0, 3, 7, 41]  # 0: the id batches are padded with
+    tx, _ = make_train_optimizer(_train_config(weight_decay=0.5), total_steps=8, table_ids=table_ids)
+    s = tx.init(params)["table"]
+    assert s["rows"].shape == s["mu"].shape == (4, 8) and s["last"].shape == (4,)
+    table = np.asarray(params["transformer"]["wte"]["embedding"])
+    np.testing.assert_array_equal(s["rows"], table[[0, 3, 7, 41]])
+    assert np.asarray(s["slot"])[[0, 3, 7, 41]].tolist() == [0, 1, 2, 3]
+    assert (np.asarray(s["slot"])[[1, 2, 8, 49]] == 4).all()  # not a compact row
+    with pytest.raises(ValueError, match="sorted, distinct"):
+        make_train_optimizer(_train_config(), total_steps=8, table_ids=[3, 3, 7])
+    with pytest.raises(ValueError, match="table_ids go up to 50, the token embedding has 50 rows"):
+        make_train_optimizer(_train_config(), total_steps=8, table_ids=[3, 50])[0].init(params)
+    assert tx.table_rows_digest(50)["count"] == 4
 
 
 def test_row_sparse_is_off_with_gradient_accumulation():

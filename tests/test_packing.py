@@ -16,6 +16,8 @@ from flaxtune.optim import make_train_optimizer
 from flaxtune.parallel import PmapStrategy
 from flaxtune.train import TrainState, train_step
 
+from conftest import trained_params
+
 DIMS = GPT2Dims(vocab_size=97, n_positions=32, n_embd=16, n_layer=2, n_head=2,
                 resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
 
@@ -88,7 +90,7 @@ def test_packed_train_step_equals_padded_step():
                          "labels": labels.reshape(2, 4).astype(np.int32)}
             state, m = step(state, batch)
             losses.append((float(m["loss"][0]), float(m["grad_norm"][0])))
-        out[mode] = (losses, traverse_util.flatten_dict(strategy.to_host(state).params, sep="/"))
+        out[mode] = (losses, traverse_util.flatten_dict(trained_params(strategy, state, tx), sep="/"))
     assert np.isfinite(out["packed"][0]).all()
     np.testing.assert_allclose(out["packed"][0], out["padded"][0], rtol=1e-5)
     for k, v in out["padded"][1].items():

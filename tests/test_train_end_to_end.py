@@ -193,6 +193,18 @@ def test_workdir_of_a_different_run_is_refused(run8, sst2_slice):
         train_and_evaluate(c, workdir)
 
 
+def test_workdir_trained_on_other_texts_is_refused(run8, sst2_slice, tmp_path):
+    """The row-sparse optimizer state holds rows for the training texts' token ids only, so a
+    run on other texts cannot take over its checkpoints (refused before any compile)."""
+    workdir, _ = run8
+    lines = (sst2_slice / "train.tsv").read_text().splitlines()
+    (tmp_path / "train.tsv").write_text("\n".join(lines[:1] + lines[50:]) + "\n")
+    (tmp_path / "dev.tsv").write_text((sst2_slice / "dev.tsv").read_text())
+    with pytest.raises(config_lib.ConfigError, match=r"different run:\n  embedding_rows.count: checkpoint has \d+, "
+                                                     r"this run has \d+\n  embedding_rows.sha1: "):
+        train_and_evaluate(tiny_config(tmp_path), workdir)
+
+
 def test_indivisible_global_batch_fails_at_start(sst2_slice, tmp_path):
     with pytest.raises(config_lib.ConfigError, match="batch_size=12 is the global batch"):
         train_and_evaluate(tiny_config(sst2_slice, batch_size=12), tmp_path)
