@@ -183,10 +183,12 @@ class RowSparseAdamW:
         ids, rows = sum_rows(ids.reshape(-1), rows.reshape(-1, table.shape[-1]), table.shape[0])
         grad_norm = jnp.sqrt(optax.tree.norm(rest_grads, squared=True) + jnp.sum(rows * rows))
         if self.clip_norm > 0:
-            trigger = grad_norm < self.clip_norm
+            # clip_by_global_norm as one factor: a multiply XLA fuses into each moment's update
+            # (optax's g / norm * max_norm is a divide, which XLA materialises as a clipped copy)
+            factor = jnp.where(grad_norm < self.clip_norm, 1.0, self.clip_norm / grad_norm)
 
             def clip(g):
-                return jax.lax.select(trigger, g, (g / grad_norm.astype(g.dtype)) * self.clip_norm)
+                return g * factor.astype(g.dtype)
             rest_grads, rows = jax.tree.map(clip, rest_grads), clip(rows)
         updates, rest_state = self.rest_tx.update(rest_grads, state["rest"], rest)
         rest = optax.apply_updates(rest, updates)
