@@ -173,9 +173,17 @@ class RowSparseAdamW:
                           "decay": jnp.ones([], table.dtype)}}
 
     def lookup(self, params, state, ids):
-        """The table's current rows for `ids` (any shape): ids (...) -> (..., n_embd)."""
+        """The table's current rows for `ids` (any shape): ids (...) -> (..., n_embd).
+
+        An id outside `table_ids` reads its (decayed) table row, but a train step drops its
+        gradient: `table_ids` must hold every id the step sees.
+        """
         s = state["table"]
-        return s["rows"].at[s["slot"][ids]].get(mode="fill", fill_value=0)
+        slot = s["slot"][ids]
+        compact = s["rows"].at[slot].get(mode="fill", fill_value=0)
+        _, table = split_table(params)
+        other = table[ids] * s["decay"].astype(table.dtype)
+        return jnp.where((slot < s["rows"].shape[0])[..., None], compact, other)
 
     def apply(self, params, rest_grads, ids, rows, state):
         """-> (new params, new state, gradient norm before clipping)."""

@@ -298,14 +298,17 @@ def train_and_evaluate(config, workdir) -> dict:
                         window, window_start, window_examples = [], time.time(), 0
                     do_eval = step % eval_every == 0 or step == total_steps
                     do_save = step % ckpt_every == 0 or step == total_steps
-                    if do_eval or do_save or stop:  # params read out: bring them up to date
+                    # Read once: a signal arriving after this point waits for the next step
+                    # (else its checkpoint could hold params that were not brought up to date).
+                    stopping = bool(stop) and step < total_steps
+                    if do_eval or do_save or stopping:  # params read out: bring them up to date
                         state = p_materialize(state)
                     if do_eval:
                         eval_metrics, last_eval_step = evaluate(state), step
                     if do_save:
                         save(state, eval_metrics if last_eval_step == step else None)
                         last_saved = step
-                    if stop and step < total_steps:
+                    if stopping:
                         if last_saved != step:
                             save(state, eval_metrics if last_eval_step == step else None)
                         ckpts.wait()

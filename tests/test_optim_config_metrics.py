@@ -221,6 +221,11 @@ def test_row_sparse_state_holds_only_the_training_rows():
     np.testing.assert_array_equal(s["rows"], table[[0, 3, 7, 41]])
     assert np.asarray(s["slot"])[[0, 3, 7, 41]].tolist() == [0, 1, 2, 3]
     assert (np.asarray(s["slot"])[[1, 2, 8, 49]] == 4).all()  # not a compact row
+    # lookup: compact rows from the optimizer state, any other id from the table times `decay`
+    state = tx.init(params)
+    state["table"] = {**state["table"], "rows": state["table"]["rows"] + 1.0, "decay": jnp.float32(0.5)}
+    got = np.asarray(tx.lookup(params, state, jnp.array([[3, 1], [41, 8]])))
+    np.testing.assert_allclose(got, [[table[3] + 1, 0.5 * table[1]], [table[41] + 1, 0.5 * table[8]]], rtol=1e-6)
     with pytest.raises(ValueError, match="sorted, distinct"):
         make_train_optimizer(_train_config(), total_steps=8, table_ids=[3, 3, 7])
     with pytest.raises(ValueError, match="table_ids go up to 50, the token embedding has 50 rows"):
