@@ -16,9 +16,9 @@ devices), gradients averaged with `lax.pmean`, and the train state donated.
 
 The training loop talks only to a strategy's methods, so a jit + NamedSharding strategy
 (FSDP) can slot in with the same interface: `replicate`, `put_batch`, `to_host`,
-`compile_train_step`, `compile_eval_step`, `compile_state_update`, `gather_rows`, and inside a step `mean`,
-`all_gather`, `device_index`. Step outputs other than the state (metrics, logits) keep
-a leading device axis in both strategies.
+`compile_train_step`, `compile_eval_step`, `compile_state_update`, `gather_rows`, and
+inside a step `mean`, `all_gather`, `device_index`. Step outputs other than the state
+(metrics, logits) keep a leading device axis in both strategies.
 """
 
 from __future__ import annotations
@@ -130,13 +130,12 @@ class ShardMapStrategy(PmapStrategy):
     def _with_axis(self, tree):
         return jax.tree.map(lambda x: x[None], tree)
 
-    def _map(self, per_device, *, returns_state: bool):
-        """jit(shard_map(per_device)) over (replicated tree, batch split on the device axis);
-        with `returns_state`, the first output is the replicated, donated state."""
-        split, rep = PartitionSpec(self.axis_name), PartitionSpec()
-        mapped = jax.shard_map(per_device, mesh=self._mesh, in_specs=(rep, split),
-                               out_specs=(rep, split) if returns_state else split, check_vma=False)
-        return jax.jit(mapped, donate_argnums=(0,) if returns_state else ())
+    def _map(self, per_device, in_specs, out_specs, *, donate_state: bool):
+        """jit(shard_map(per_device)) over this strategy's mesh; with `donate_state`, the first
+        argument (the replicated state) is donated."""
+        mapped = jax.shard_map(per_device, mesh=self._mesh, in_specs=in_specs, out_specs=out_specs,
+                               check_vma=False)
+        return jax.jit(mapped, donate_argnums=(0,) if donate_state else ())
 
     def compile_train_step(self, fn):
         """fn(state, batch) -> (state, metrics): the state replicated and donated; metrics
@@ -145,15 +144,16 @@ class ShardMapStrategy(PmapStrategy):
             state, metrics = fn(state, self._local(batch))
             return state, self._with_axis(metrics)
 
-        return self._map(per_device, returns_state=True)
+        split, rep = PartitionSpec(self.axis_name), PartitionSpec()
+        return self._map(per_device, (rep, split), (rep, split), donate_state=True)
 
     def compile_eval_step(self, fn):
         """fn(params, batch) -> per-device outputs, returned with a leading device axis."""
+        split, rep = PartitionSpec(self.axis_name), PartitionSpec()
         return self._map(lambda params, batch: self._with_axis(fn(params, self._local(batch))),
-                         returns_state=False)
+                         (rep, split), split, donate_state=False)
 
     def compile_state_update(self, fn):
         """fn(state) -> state, on the replicated state (donated)."""
         rep = PartitionSpec()
-        mapped = jax.shard_map(fn, mesh=self._mesh, in_specs=(rep,), out_specs=rep, check_vma=False)
-        return jax.jit(mapped, donate_argnums=(0,))
+        return self._map(fn, (rep,), rep, donate_state=True)

@@ -315,7 +315,8 @@ def train_and_evaluate(config, workdir) -> dict:
                         raise Preempted(stop[0], step, workdir)
                     if step >= total_steps:
                         break
-        state = p_materialize(state)
+        # The state is up to date here: the last step read it out (step == total_steps), or no
+        # step ran and it came from a checkpoint, which is always saved read out.
         if eval_metrics is None or last_eval_step != step:
             eval_metrics = evaluate(state)
         if last_saved != step or ckpts.latest_step() != step:
