@@ -43,6 +43,9 @@ def get_config():
     # kept within each text): the same texts per step with almost no padding. Batches are then
     # random (group_by_length applies only with pack=False).
     c.data.pack = True
+    # With pack: exchange examples between nearby batches (within 32 batches) so that each
+    # batch's texts fill their rows (~7% padding -> <1% on SST-2). Batch sizes do not change.
+    c.data.fill_rows = True
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 32          # global batch: per-device batch x devices

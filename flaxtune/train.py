@@ -275,7 +275,7 @@ def train_and_evaluate(config, workdir) -> dict:
                                     num_devices=strategy.num_devices, seed=config.seed, epoch=epoch,
                                     buckets=buckets, skip_batches=skip,
                                     group_by_length=config.data.group_by_length,
-                                    pack=config.data.pack)
+                                    pack=config.data.pack, fill_rows=config.data.fill_rows)
             # The next batches are built and placed on the devices while this step runs.
             with prefetch(batches, size=2, transform=strategy.put_batch) as placed:
                 for batch in placed:

@@ -9,14 +9,15 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from flaxtune.data.pipeline import bucket_lengths, pack_examples, packed_batch, train_batches
+from flaxtune.data.pipeline import (batch_plan, bucket_lengths, fill_packed_rows, pack_examples, packed_batch,
+                                    padding_of_rows, train_batches)
 from flaxtune.data.tokenize import Tokenized
 from flaxtune.model import GPT2Classifier, GPT2Dims
 from flaxtune.optim import make_train_optimizer
 from flaxtune.parallel import PmapStrategy
 from flaxtune.train import TrainState, train_step
 
-from conftest import trained_params
+from conftest import SST2_DIR, need_shared, trained_params
 
 DIMS = GPT2Dims(vocab_size=97, n_positions=32, n_embd=16, n_layer=2, n_head=2,
                 resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
@@ -127,3 +128,62 @@ def test_packed_epoch_has_every_example_once_and_few_pads():
              for row, m in zip(b["input_ids"].reshape(-1, b["input_ids"].shape[-1]),
                                b["attention_mask"].reshape(-1, b["input_ids"].shape[-1])) for x in row[:1]]
     assert sorted(seen) == sorted(plain) and len(set(seen)) == len(seen) == 12 * 16
+
+
+def test_padding_of_rows_exact():
+    assert padding_of_rows([5, 3, 7, 2, 6], 10) == 3 * 10 - 23
+    assert padding_of_rows([4, 4, 4, 4], 8) == 0
+
+
+def test_fill_packed_rows_exchanges_examples_until_rows_are_full():
+    # Batch 0 (4+4+4+3 = 15 tokens) needs 2 rows of 8 with 1 pad; giving its 3 for a 4, or a 4
+    # for the 5, of batch 1 fills both batches' rows exactly.
+    lengths = np.array([4, 4, 4, 3, 4, 4, 4, 5])
+    plan = [np.arange(4), np.arange(4, 8)]
+    for seed in range(5):
+        filled = fill_packed_rows(plan, lengths, row_length=8, seed=seed)
+        assert [len(b) for b in filled] == [4, 4]
+        assert sorted(np.concatenate(filled).tolist()) == list(range(8))
+        assert [padding_of_rows(lengths[b], 8) for b in filled] == [0, 0]
+        assert len(set(filled[0].tolist()) - set(plan[0].tolist())) == 1  # one exchange
+    # examples never leave their window: with windows of one batch nothing can move
+    assert [b.tolist() for b in fill_packed_rows(plan, lengths, row_length=8, seed=0, window=1)] == \
+        [b.tolist() for b in plan]
+
+
+def test_filled_batches_on_sst2_keep_examples_and_lose_the_padding(gpt2_tokenizer):
+    lines = need_shared(SST2_DIR / "train.tsv").read_text(encoding="utf-8").splitlines()[1:2049]
+    ids = gpt2_tokenizer([line.split("\t")[0] for line in lines])["input_ids"]
+    lengths = np.array([min(len(x), 64) for x in ids])
+    plan = batch_plan(lengths, global_batch=32, seed=0, epoch=0, buckets=[64], group_by_length=False)
+    filled = fill_packed_rows(plan, lengths, row_length=64, seed=0)
+    assert len(filled) == len(plan) == 64 and all(len(b) == 32 for b in filled)
+    for w in range(0, 64, 32):  # the same examples in each window of 32 batches, each once
+        assert sorted(np.concatenate(filled[w:w + 32]).tolist()) == sorted(np.concatenate(plan[w:w + 32]).tolist())
+    pad = lambda p: sum(padding_of_rows(lengths[b], 64) for b in p) / sum(
+        len(pack_examples(lengths[b], 64)) * 64 for b in p)
+    assert pad(plan) > 0.05 and pad(filled) < 0.01
+    moved = sum(len(set(a.tolist()) - set(b.tolist())) for a, b in zip(plan, filled))
+    assert moved < 0.15 * 2048  # most examples stay in their random batch
+
+
+def test_packed_batches_do_not_depend_on_the_device_count_and_resume_mid_epoch():
+    rng = np.random.default_rng(4)
+    ids = [np.arange(rng.integers(1, 30)) + 1000 * i for i in range(203)]
+    data = Tokenized(ids=[x.astype(np.int32) for x in ids], labels=np.arange(203, dtype=np.int32) % 2)
+    kw = dict(global_batch=16, seed=1, epoch=2, buckets=bucket_lengths(32), pack=True)
+
+    def examples(batches):
+        out = []
+        for b in batches:
+            flat, pos = b["input_ids"].reshape(len(b["pool_index"]), -1), b["position_ids"]
+            pos = pos.reshape(len(b["pool_index"]), -1)
+            out.append(sorted(int(flat[d, end - pos[d, end]] // 1000)
+                              for d in range(len(flat)) for end in b["pool_index"][d]))
+        return out
+
+    one = examples(train_batches(data, num_devices=1, **kw))
+    assert examples(train_batches(data, num_devices=4, **kw)) == one
+    assert examples(train_batches(data, num_devices=4, skip_batches=5, **kw)) == one[5:]
+    plain = examples(train_batches(data, num_devices=1, fill_rows=False, **kw))
+    assert one != plain and sorted(sum(one, [])) == sorted(sum(plain, []))

@@ -132,6 +132,72 @@ def batch_plan(lengths: np.ndarray, *, global_batch: int, seed: int, epoch: int,
     return batches + list(leftovers[:n].reshape(-1, global_batch))
 
 
+def padding_of_rows(lengths, row_length: int) -> int:
+    """Padding tokens when texts of these lengths are packed into rows (`pack_examples`)."""
+    return len(pack_examples(lengths, row_length)) * row_length - int(np.sum(lengths))
+
+
+def fill_packed_rows(plan: list[np.ndarray], lengths: np.ndarray, *, row_length: int, seed: int,
+                     window: int = 32, max_swaps: int = 12, candidates: int = 32) -> list[np.ndarray]:
+    """`plan`'s batches with examples exchanged between them so that each packs into full rows.
+
+    A batch of random texts rarely fills its last row: 32 SST-2 texts are ~365 tokens, six
+    rows of 64 hold 384, so ~7% of the packed compute is padding. Within each run of
+    `window` consecutive batches, every batch but the last in turn exchanges up to
+    `max_swaps` of its examples, one at a time, with examples of the later batches of the
+    window, taking the exchange that leaves the least padding when its examples are packed
+    (the `candidates` best by token count are packed to check). Every batch keeps its size,
+    the epoch keeps its examples, each once, and examples move only within a window (1,024
+    examples at batch 32), so batches stay random samples of the epoch up to their length
+    mix. Deterministic; it does not depend on the device count (the batch is judged packed
+    as a whole, as on one device).
+    """
+    lengths = np.asarray(lengths)
+    rng = np.random.Generator(np.random.PCG64(seed))
+    out: list[np.ndarray] = []
+    for start in range(0, len(plan), window):
+        win = np.stack(plan[start:start + window]).copy()  # (W, B) example indices
+        for j in range(len(win) - 1):
+            for _ in range(max_swaps):
+                if not _exchange_one(win, j, lengths, row_length, candidates, rng):
+                    break
+        out += list(win)
+    return out
+
+
+def _exchange_one(win: np.ndarray, j: int, lengths: np.ndarray, row_length: int,
+                  candidates: int, rng: np.random.Generator) -> bool:
+    """Swap one example of batch j with one of a later batch of the window if that lowers
+    batch j's padding; returns whether it did.
+
+    The padding after a swap depends only on the two examples' lengths, so the search runs
+    over (length out, length in) pairs, and the examples of the chosen lengths are drawn at
+    random."""
+    mine = lengths[win[j]]
+    padding = padding_of_rows(mine, row_length)
+    if padding == 0:
+        return False
+    later = win[j + 1:].reshape(-1)
+    out_lengths, in_lengths = np.unique(mine), np.unique(lengths[later])
+    tokens = int(mine.sum()) - out_lengths[:, None] + in_lengths[None, :]
+    # The padding if the rows came out full: a lower bound, checked by packing. Ties are
+    # broken at random.
+    bound = (-(-tokens // row_length) * row_length - tokens).reshape(-1)
+    for flat in np.lexsort((rng.random(bound.size), bound))[:candidates]:
+        if bound[flat] >= padding:
+            return False
+        out_len, in_len = out_lengths[flat // len(in_lengths)], in_lengths[flat % len(in_lengths)]
+        swapped = mine.copy()
+        swapped[np.flatnonzero(mine == out_len)[0]] = in_len
+        if padding_of_rows(swapped, row_length) < padding:
+            x = rng.choice(np.flatnonzero(mine == out_len))
+            y = rng.choice(np.flatnonzero(lengths[later] == in_len))
+            k, pos = divmod(int(y), win.shape[1])
+            win[j, x], win[j + 1 + k, pos] = later[y], win[j, x]
+            return True
+    return False
+
+
 def _right_pad(seqs: list[np.ndarray], num_rows: int, buckets: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """(ids, mask), each (num_rows, T): `seqs` right-padded to the smallest bucket T that fits
     the longest; rows past len(seqs) are all padding."""
@@ -155,7 +221,8 @@ def padded_batch(seqs: list[np.ndarray], labels, *, num_devices: int, buckets: l
 
 def train_batches(data: Tokenized, *, global_batch: int, num_devices: int, seed: int,
                   epoch: int, buckets: list[int], skip_batches: int = 0,
-                  group_by_length: bool = True, pack: bool = False) -> Iterator[dict]:
+                  group_by_length: bool = True, pack: bool = False,
+                  fill_rows: bool = True) -> Iterator[dict]:
     """One epoch of shuffled training batches (the last partial batch is dropped).
 
     The order depends only on (seed, epoch) -- not on the device count or the library
@@ -168,6 +235,8 @@ def train_batches(data: Tokenized, *, global_batch: int, num_devices: int, seed:
     """
     plan = batch_plan(data.lengths, global_batch=global_batch, seed=seed, epoch=epoch,
                       buckets=buckets, group_by_length=group_by_length and not pack)
+    if pack and fill_rows:
+        plan = fill_packed_rows(plan, data.lengths, row_length=buckets[-1], seed=epoch_seed(seed, epoch))
     for idx in plan[skip_batches:]:
         seqs = [data.ids[i] for i in idx]
         if pack:
