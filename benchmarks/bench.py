@@ -218,9 +218,9 @@ def split_batch(batch: dict):
     ids = ids.reshape(-1, t)
     mask = np.asarray(batch["attention_mask"]).reshape(-1, t).astype(bool)
     real_rows = mask.any(axis=1)
-    if "weights" in batch:
-        real_rows &= np.asarray(batch["weights"]).reshape(-1) > 0
     seg = np.asarray(batch["segment_ids"]).reshape(-1, t) if "segment_ids" in batch else None
+    if "weights" in batch and seg is None:  # packed batches weigh example slots, not rows
+        real_rows &= np.asarray(batch["weights"]).reshape(-1) > 0
     examples, lengths = [], []
     for r in np.flatnonzero(real_rows):
         row_ids, row_mask = ids[r], mask[r]

@@ -83,6 +83,10 @@ class PmapStrategy:
         """
         return x if self.num_devices == 1 else jax.lax.pmean(x, self.axis_name)
 
+    def sum(self, x):
+        """Sum across devices inside a step."""
+        return x if self.num_devices == 1 else jax.lax.psum(x, self.axis_name)
+
     def all_gather(self, x):
         """Inside a step: every device's `x` concatenated along axis 0 (device order)."""
         return x if self.num_devices == 1 else jax.lax.all_gather(x, self.axis_name, tiled=True)

@@ -61,11 +61,18 @@ def train_step(state: TrainState, batch: dict, *, model, tx, strategy, seed: int
                              strategy.device_index())
     ids, mask = batch["input_ids"], batch["attention_mask"]
     packed = {k: batch[k] for k in PACKED_KEYS if k in batch}  # packed rows (pipeline.packed_batch)
+    labels = batch["labels"]
+    if "weights" in batch:
+        # Devices hold different numbers of examples (packed rows): weigh each device's
+        # examples so that the mean over devices is the mean over the global batch.
+        share = batch["weights"] * (strategy.num_devices / strategy.sum(jnp.sum(batch["weights"])))
+    else:
+        share = jnp.full(labels.shape, 1.0 / labels.size)
 
     def loss_fn(params, token_embeddings=None):
         logits = model.apply({"params": params}, ids, mask, token_embeddings=token_embeddings,
                              deterministic=False, rngs={"dropout": rng}, **packed)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]).mean()
+        loss = jnp.sum(share * optax.softmax_cross_entropy_with_integer_labels(logits, labels))
         return loss, logits
 
     if isinstance(tx, RowSparseAdamW):
@@ -85,7 +92,7 @@ def train_step(state: TrainState, batch: dict, *, model, tx, strategy, seed: int
         grad_norm = optax.tree.norm(grads)
     metrics = strategy.mean({
         "loss": loss,
-        "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["labels"]),
+        "accuracy": jnp.sum(share * (jnp.argmax(logits, -1) == labels)),
         "grad_norm": grad_norm,
     })
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics

@@ -29,17 +29,27 @@ def test_first_fit_decreasing_rows():
 
 
 def test_packed_batch_layout_exact():
-    seqs = [np.array([11, 12, 13]), np.array([21]), np.array([31, 32]),  # device 0
-            np.array([41, 42, 43, 44]), np.array([51]), np.array([61, 62, 63])]  # device 1
+    seqs = [np.array([11, 12, 13]), np.array([21]), np.array([31, 32]),
+            np.array([41, 42, 43, 44]), np.array([51]), np.array([61, 62, 63])]
     b = packed_batch(seqs, np.array([0, 1, 0, 1, 1, 0]), num_devices=2, row_length=4)
-    # device 0: [3, 1, 2] -> rows [[0, 1], [2]]; device 1: [4, 1, 3] -> rows [[0], [2, 1]]
-    assert b["input_ids"].tolist() == [[[11, 12, 13, 21], [31, 32, 0, 0]],
-                                       [[41, 42, 43, 44], [61, 62, 63, 51]]]
-    assert b["segment_ids"].tolist() == [[[1, 1, 1, 2], [1, 1, 0, 0]], [[1, 1, 1, 1], [1, 1, 1, 2]]]
-    assert b["position_ids"].tolist() == [[[0, 1, 2, 0], [0, 1, 0, 0]], [[0, 1, 2, 3], [0, 1, 2, 0]]]
-    assert b["attention_mask"].tolist() == [[[1, 1, 1, 1], [1, 1, 0, 0]], [[1, 1, 1, 1], [1, 1, 1, 1]]]
-    assert b["pool_index"].tolist() == [[2, 3, 5], [3, 7, 6]]
-    assert b["labels"].tolist() == [[0, 1, 0], [1, 1, 0]]
+    # the whole batch packed: lengths [3, 1, 2, 4, 1, 3] -> rows [[3], [0, 1], [5, 4], [2]],
+    # row r to device r % 2
+    assert b["input_ids"].tolist() == [[[41, 42, 43, 44], [61, 62, 63, 51]],
+                                       [[11, 12, 13, 21], [31, 32, 0, 0]]]
+    assert b["segment_ids"].tolist() == [[[1, 1, 1, 1], [1, 1, 1, 2]], [[1, 1, 1, 2], [1, 1, 0, 0]]]
+    assert b["position_ids"].tolist() == [[[0, 1, 2, 3], [0, 1, 2, 0]], [[0, 1, 2, 0], [0, 1, 0, 0]]]
+    assert b["attention_mask"].tolist() == [[[1, 1, 1, 1], [1, 1, 1, 1]], [[1, 1, 1, 1], [1, 1, 0, 0]]]
+    # per device, a slot for each of the batch's 6 examples: its own (examples 3, 4, 5 and
+    # 0, 1, 2) first, then unused slots of weight 0
+    assert b["pool_index"].tolist() == [[3, 7, 6, 0, 0, 0], [2, 3, 5, 0, 0, 0]]
+    assert b["labels"].tolist() == [[1, 1, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0]]
+    assert b["weights"].tolist() == [[1, 1, 1, 0, 0, 0], [1, 1, 1, 0, 0, 0]]
+    # an odd row count gets an all-padding row
+    b = packed_batch(seqs[:3], np.array([0, 1, 0]), num_devices=2, row_length=4)
+    assert b["input_ids"].tolist() == [[[11, 12, 13, 21]], [[31, 32, 0, 0]]]
+    b = packed_batch(seqs[:2], np.array([0, 1]), num_devices=2, row_length=4)
+    assert b["input_ids"].tolist() == [[[11, 12, 13, 21]], [[0, 0, 0, 0]]]
+    assert b["weights"].tolist() == [[1, 1], [0, 0]]
 
 
 def _seqs(n, seed, max_len=12):
@@ -113,11 +123,17 @@ def test_packed_epoch_has_every_example_once_and_few_pads():
     seen = []
     for b in batches:
         d, r, t = b["input_ids"].shape
-        assert (d, t) == (4, 32) and r <= 4 and b["pool_index"].shape == (4, 4)
+        assert (d, t) == (4, 32) and r <= 4 and b["pool_index"].shape == (4, 16)
+        assert b["weights"].sum() == 16
+        # the batch's rows as one device would pack them, plus at most 3 spare rows
+        lengths = [int(b["position_ids"][dev].reshape(-1)[end]) + 1 for dev in range(4)
+                   for end in b["pool_index"][dev][b["weights"][dev] == 1]]
+        used = int((b["attention_mask"].sum(-1) > 0).sum())
+        assert len(pack_examples(lengths, 32)) == used > d * r - 4
         for dev in range(4):
             flat = b["input_ids"][dev].reshape(-1)
             seg, pos = b["segment_ids"][dev].reshape(-1), b["position_ids"][dev].reshape(-1)
-            for j, end in enumerate(b["pool_index"][dev]):
+            for j, end in enumerate(b["pool_index"][dev][b["weights"][dev] == 1]):
                 n = pos[end] + 1
                 example = flat[end - n + 1:end + 1]
                 assert (seg[end - n + 1:end + 1] == seg[end]).all() and seg[end] > 0
@@ -178,8 +194,8 @@ def test_packed_batches_do_not_depend_on_the_device_count_and_resume_mid_epoch()
         for b in batches:
             flat, pos = b["input_ids"].reshape(len(b["pool_index"]), -1), b["position_ids"]
             pos = pos.reshape(len(b["pool_index"]), -1)
-            out.append(sorted(int(flat[d, end - pos[d, end]] // 1000)
-                              for d in range(len(flat)) for end in b["pool_index"][d]))
+            out.append(sorted(int(flat[d, end - pos[d, end]] // 1000) for d in range(len(flat))
+                              for end in b["pool_index"][d][b["weights"][d] == 1]))
         return out
 
     one = examples(train_batches(data, num_devices=1, **kw))

@@ -6,7 +6,8 @@ T is the smallest *bucket* length that fits the batch's longest text, so
 only a handful of shapes are ever compiled and short texts are not padded
 to `max_length`. Packed training batches (`pack=True`, the default in
 configs/default.py) are (D, R, max_length) rows holding several texts each,
-plus `segment_ids`, `position_ids` and `pool_index` (see `packed_batch`).
+plus `segment_ids`, `position_ids`, and `pool_index`, `labels`, `weights` with a slot per
+text of the batch on every device (see `packed_batch`).
 """
 
 from __future__ import annotations
@@ -67,36 +68,45 @@ def pack_examples(lengths, row_length: int) -> list[list[int]]:
 
 def packed_batch(seqs: list[np.ndarray], labels: np.ndarray, *, num_devices: int,
                  row_length: int) -> dict:
-    """A global batch of examples packed into rows of `row_length` tokens, per device.
+    """A global batch of B examples packed into rows of `row_length` tokens, rows dealt to devices.
 
-    Each device packs its own B/D examples (first-fit decreasing); every device gets the
-    largest row count R among them (spare rows are all padding), so shapes are equal across
-    devices: `input_ids`, `attention_mask`, `segment_ids` (1, 2, ... per example in a row,
-    0 = padding), `position_ids` (0, 1, ... within each example) are (D, R, row_length);
-    `pool_index` (D, B/D) is the flat index into R * row_length of each example's last token
-    and `labels` (D, B/D) are in the examples' original order.
+    The whole batch is packed at once (first-fit decreasing) and its row count rounded up
+    to a multiple of D with all-padding rows; row r goes to device r % D. So every device
+    has the same shapes and the padding is what one device would have, plus at most D - 1
+    spare rows (packing each device's B/D examples apart left most devices a partly empty
+    row and gave all of them the fullest device's row count). Devices then hold different
+    numbers of examples, so the per-example arrays have a slot for every example of the
+    batch on every device, and `weights` marks the used slots:
+    `input_ids`, `attention_mask`, `segment_ids` (1, 2, ... per example in a row, 0 = padding),
+    `position_ids` (0, 1, ... within each example) are (D, R, row_length); `pool_index`
+    (flat index into R * row_length of each example's last token), `labels` and `weights`
+    (1 = an example, 0 = an unused slot) are (D, B), each device's examples first, in the
+    batch's order.
     """
-    per = len(seqs) // num_devices
-    plans = [pack_examples([len(x) for x in seqs[d * per:(d + 1) * per]], row_length)
-             for d in range(num_devices)]
-    r_max = max(len(p) for p in plans)
-    shape = (num_devices, r_max, row_length)
+    rows = pack_examples([len(x) for x in seqs], row_length)
+    per = -(-len(rows) // num_devices)  # rows per device
+    shape = (num_devices, per, row_length)
     ids, seg, pos = (np.zeros(shape, np.int32) for _ in range(3))
-    pool = np.zeros((num_devices, per), np.int32)
-    for d, plan in enumerate(plans):
-        for r, row in enumerate(plan):
-            offset = 0
-            for k, i in enumerate(row):
-                x = seqs[d * per + i]
-                n = len(x)
-                ids[d, r, offset:offset + n] = x
-                seg[d, r, offset:offset + n] = k + 1
-                pos[d, r, offset:offset + n] = np.arange(n)
-                pool[d, i] = r * row_length + offset + n - 1
-                offset += n
+    slots = (num_devices, len(seqs))
+    pool, slot_labels, weights = (np.zeros(slots, np.int32) for _ in range(3))
+    labels = np.asarray(labels, np.int32).reshape(-1)
+    placed = [[] for _ in range(num_devices)]  # (example, its last token's flat index)
+    for r, row in enumerate(rows):
+        d, local = r % num_devices, r // num_devices
+        offset = 0
+        for k, i in enumerate(row):
+            x = seqs[i]
+            n = len(x)
+            ids[d, local, offset:offset + n] = x
+            seg[d, local, offset:offset + n] = k + 1
+            pos[d, local, offset:offset + n] = np.arange(n)
+            placed[d].append((i, local * row_length + offset + n - 1))
+            offset += n
+    for d, examples in enumerate(placed):
+        for slot, (i, end) in enumerate(sorted(examples)):
+            pool[d, slot], slot_labels[d, slot], weights[d, slot] = end, labels[i], 1
     return {"input_ids": ids, "attention_mask": (seg > 0).astype(np.int32), "segment_ids": seg,
-            "position_ids": pos, "pool_index": pool,
-            "labels": np.asarray(labels, np.int32).reshape(num_devices, per)}
+            "position_ids": pos, "pool_index": pool, "labels": slot_labels, "weights": weights}
 
 
 def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
