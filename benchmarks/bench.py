@@ -550,6 +550,7 @@ def run_flaxtune(args, fixed_padding: bool) -> dict:
     Warm-up first (batches of pool rows, never measured examples), covering every shape the
     measured batches have, then one pass over the measured subset, timed step by step."""
     import jax
+    from flaxtune.data.pipeline import PAD_ID
     from flaxtune.optim import training_token_ids
 
     counter = CompileCounter()
@@ -587,7 +588,8 @@ def run_flaxtune(args, fixed_padding: bool) -> dict:
 
     # The token ids of everything this run trains on (measured and warm-up examples), as
     # train_and_evaluate gives its training split's to the optimizer.
-    table_ids = training_token_ids([*data.ids, *(np.asarray(wb["input_ids"]) for wb in warm_batches)])
+    table_ids = training_token_ids([*data.ids, *(np.asarray(wb["input_ids"]) for wb in warm_batches)],
+                                   pad_id=PAD_ID)
     strategy, state, p_step, param_counts = flaxtune_trainer(config, len(label_names), total_steps(args),
                                                              table_ids)
     if not fixed_padding:

@@ -65,8 +65,9 @@ def make_train_optimizer(train_config, total_steps: int, table_ids=None):
     return make_optimizer(t, total_steps)
 
 
-def training_token_ids(token_id_arrays, pad_id: int = 0) -> np.ndarray:
-    """Sorted distinct token ids of the training examples, plus the id batches are padded with."""
+def training_token_ids(token_id_arrays, *, pad_id: int) -> np.ndarray:
+    """Sorted distinct token ids of the training examples, plus the id batches are padded with
+    (`flaxtune.data.pipeline.PAD_ID`)."""
     arrays = [np.asarray(a, np.int64).reshape(-1) for a in token_id_arrays]
     return np.unique(np.concatenate(arrays + [np.array([pad_id])])).astype(np.int32)
 

@@ -27,7 +27,7 @@ from flaxtune import config as config_lib
 from flaxtune.checkpoint import Checkpoints, tokenizer_dir
 from flaxtune.data.labels import build_label_map, encode_labels
 from flaxtune.data.readers import where
-from flaxtune.data.pipeline import bucket_lengths, prefetch, steps_per_epoch, train_batches
+from flaxtune.data.pipeline import PAD_ID, bucket_lengths, prefetch, steps_per_epoch, train_batches
 from flaxtune.data.sources import load_split
 from flaxtune.data.tokenize import Tokenized, load_tokenizer, tokenize_texts
 from flaxtune.host_memory import keep_freed_memory
@@ -214,7 +214,7 @@ def train_and_evaluate(config, workdir) -> dict:
     ckpt_every = t.checkpoint_every_steps if t.checkpoint_every_steps > 0 else eval_every
 
     model = GPT2Classifier(dims, len(label_names), dtype=DTYPES[config.dtype])
-    tx, schedule = make_train_optimizer(t, total_steps, table_ids=training_token_ids(train_data.ids))
+    tx, schedule = make_train_optimizer(t, total_steps, table_ids=training_token_ids(train_data.ids, pad_id=PAD_ID))
     # What makes a checkpoint part of this run (resuming is refused if any differs).
     identity = {"label_names": label_names, "model_config": source.hf_config.to_dict(),
                 "max_length": config.max_length, "seed": config.seed, "batch_size": t.batch_size,

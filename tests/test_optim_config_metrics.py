@@ -11,6 +11,7 @@ import pytest
 from flax import traverse_util
 
 from flaxtune import config as config_lib
+from flaxtune.data.pipeline import PAD_ID
 from flaxtune.metrics import classification_metrics
 from flaxtune.model import GPT2Classifier, GPT2Dims
 from flaxtune.optim import (RowSparseAdamW, learning_rate_schedule, make_optimizer, make_train_optimizer,
@@ -166,7 +167,7 @@ def test_row_sparse_train_step_equals_dense_optax_step(clip):
         mask[:, 1, 4:] = 0
         batches.append({"input_ids": ids, "attention_mask": mask,
                         "labels": rng.integers(0, 3, (4, 2)).astype(np.int32)})
-    table_ids = training_token_ids([b["input_ids"] for b in batches])
+    table_ids = training_token_ids([b["input_ids"] for b in batches], pad_id=PAD_ID)
     assert 20 < len(table_ids) <= 32  # rows 32.. are never looked up
     t = _train_config(grad_clip_norm=clip)
     sparse_tx, _ = make_train_optimizer(t, total_steps=8, table_ids=table_ids)
@@ -212,8 +213,8 @@ def test_row_sparse_state_holds_only_the_training_rows():
     dims = GPT2Dims(vocab_size=50, n_positions=16, n_embd=8, n_layer=1, n_head=2)
     model = GPT2Classifier(dims, 2)
     params = model.init(jax.random.key(0), jnp.ones((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32))["params"]
-    table_ids = training_token_ids([np.array([7, 3, 7]), np.array([41])])
-    assert table_ids.tolist() == [0, 3, 7, 41]  # 0: the id batches are padded with
+    table_ids = training_token_ids([np.array([7, 3, 7]), np.array([41])], pad_id=PAD_ID)
+    assert PAD_ID == 0 and table_ids.tolist() == [0, 3, 7, 41]  # the id batches are padded with
     tx, _ = make_train_optimizer(_train_config(weight_decay=0.5), total_steps=8, table_ids=table_ids)
     s = tx.init(params)["table"]
     assert s["rows"].shape == s["mu"].shape == (4, 8) and s["last"].shape == (4,)

@@ -21,6 +21,11 @@ import numpy as np
 
 from flaxtune.data.tokenize import Tokenized
 
+# The token id of padding positions. Attention and pooling never read them, but the model
+# still looks their embedding up, so the optimizer's table must hold this row
+# (`optim.training_token_ids`).
+PAD_ID = 0
+
 def bucket_lengths(max_length: int) -> list[int]:
     """The padded lengths batches may have: a few fixed shapes, so compiles stay few.
 
@@ -86,7 +91,8 @@ def packed_batch(seqs: list[np.ndarray], labels: np.ndarray, *, num_devices: int
     rows = pack_examples([len(x) for x in seqs], row_length)
     per = -(-len(rows) // num_devices)  # rows per device
     shape = (num_devices, per, row_length)
-    ids, seg, pos = (np.zeros(shape, np.int32) for _ in range(3))
+    ids = np.full(shape, PAD_ID, np.int32)
+    seg, pos = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
     slots = (num_devices, len(seqs))
     pool, slot_labels, weights = (np.zeros(slots, np.int32) for _ in range(3))
     labels = np.asarray(labels, np.int32).reshape(-1)
@@ -212,7 +218,7 @@ def _right_pad(seqs: list[np.ndarray], num_rows: int, buckets: list[int]) -> tup
     """(ids, mask), each (num_rows, T): `seqs` right-padded to the smallest bucket T that fits
     the longest; rows past len(seqs) are all padding."""
     t = bucket_for(max(len(x) for x in seqs), buckets)
-    ids = np.zeros((num_rows, t), np.int32)
+    ids = np.full((num_rows, t), PAD_ID, np.int32)
     mask = np.zeros((num_rows, t), np.int32)
     for i, x in enumerate(seqs):
         ids[i, :len(x)] = x
