@@ -176,6 +176,35 @@ def _check_resume_compatible(meta: dict, expected: dict, workdir) -> None:
             + "\nUse a new --workdir (or delete the old one).")
 
 
+def _batch_order(data_config) -> dict:
+    """The data fields that decide which texts each training batch of an epoch holds. A
+    saved config without a field predates it: `fill_rows` did not exist, so plain random
+    packed batches."""
+    d = dict(data_config)
+    order = {"pack": bool(d.get("pack", False))}
+    if order["pack"]:
+        order["fill_rows"] = bool(d.get("fill_rows", False))
+    else:
+        order["group_by_length"] = bool(d.get("group_by_length", True))
+    return order
+
+
+def _check_same_batches_mid_epoch(meta: dict, data_config, step: int, steps_in_epoch: int, workdir) -> None:
+    """Resuming mid-epoch skips the batches already taken, so the rest of the epoch must be
+    built the same way, or some texts would be seen twice in the epoch and others not at all."""
+    if step % steps_in_epoch == 0:
+        return
+    diffs = _differences(_batch_order(meta.get("config", {}).get("data", {})), _batch_order(data_config),
+                         prefix="data.")
+    if diffs:
+        raise config_lib.ConfigError(
+            f"--workdir {workdir}: its last checkpoint (step {step}) is {step % steps_in_epoch} of "
+            f"{steps_in_epoch} batches into an epoch whose batches were built differently:\n  "
+            + "\n  ".join(diffs)
+            + "\nResume with the checkpoint's settings (--config.data.NAME=VALUE) to finish the epoch "
+              "with the same batches (they may change at an epoch boundary), or use a new --workdir.")
+
+
 def train_and_evaluate(config, workdir) -> dict:
     """Trains per `config`, checkpoints under `workdir`; returns the final eval metrics."""
     workdir = Path(workdir)
@@ -232,6 +261,7 @@ def train_and_evaluate(config, workdir) -> dict:
     if ckpts.latest_step() is not None:
         meta = ckpts.read_meta()
         _check_resume_compatible(meta, identity, workdir)
+        _check_same_batches_mid_epoch(meta, config.data, int(meta["step"]), spe, workdir)
         like = abstract_params(model)
         params, opt_state, meta = ckpts.restore_train(like, jax.eval_shape(tx.init, like))
         params, opt_state = jax.device_get((params, opt_state))

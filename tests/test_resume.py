@@ -124,17 +124,25 @@ def test_sigterm_saves_and_says_how_to_resume(straight, data_dir, tmp_path):
     assert_same_params(final_params(tmp_path), final_params(straight))
 
 
-@pytest.mark.parametrize("num_devices", [1, 4])
-def test_checkpoint_from_8_devices_resumes_on_1_and_4(data_dir, tmp_path_factory, num_devices):
-    """Continue the 8-device run's checkpoint on fewer devices: same losses as on 8."""
+@pytest.fixture(scope="module")
+def base8(data_dir, tmp_path_factory):
+    """A workdir whose last checkpoint is step 8 of a 12-step epoch, trained on 8 devices."""
     from test_train_end_to_end import tiny_config
 
     base = tmp_path_factory.getbasetemp() / "resume8_base"
-    if not base.exists():
-        train_and_evaluate(tiny_config(data_dir, num_train_steps=8), base)
-        cont8 = base.parent / "resume8_cont8"
-        shutil.copytree(base, cont8)
-        train_and_evaluate(tiny_config(data_dir, num_train_steps=8, num_devices=8), cont8)
+    train_and_evaluate(tiny_config(data_dir, num_train_steps=8), base)
+    cont8 = base.parent / "resume8_cont8"  # resuming at its last step is a no-op that must run
+    shutil.copytree(base, cont8)
+    train_and_evaluate(tiny_config(data_dir, num_train_steps=8, num_devices=8), cont8)
+    return base
+
+
+@pytest.mark.parametrize("num_devices", [1, 4])
+def test_checkpoint_from_8_devices_resumes_on_1_and_4(data_dir, base8, tmp_path_factory, num_devices):
+    """Continue the 8-device run's checkpoint on fewer devices: same losses as on 8."""
+    from test_train_end_to_end import tiny_config
+
+    base = base8
     ref_workdir = tmp_path_factory.mktemp("ref8")
     shutil.copytree(base, ref_workdir, dirs_exist_ok=True)
     work = tmp_path_factory.mktemp(f"on{num_devices}")
@@ -146,3 +154,30 @@ def test_checkpoint_from_8_devices_resumes_on_1_and_4(data_dir, tmp_path_factory
     steps, loss = losses(work)
     assert steps == steps_ref == list(range(1, 13))
     np.testing.assert_allclose(loss, loss_ref, rtol=2e-4)
+
+
+def test_resume_mid_epoch_with_other_batches_is_refused(data_dir, base8, tmp_path):
+    """Step 8 of 12: the epoch's last 4 batches must be built as its first 8 were."""
+    from flaxtune.config import ConfigError
+    from test_train_end_to_end import tiny_config
+
+    work = tmp_path / "work"
+    shutil.copytree(base8, work)
+    with pytest.raises(ConfigError, match=r"step 8\) is 8 of 12 batches into an epoch[^\n]*\n"
+                                          r"  data\.fill_rows: checkpoint has True, this run has False\n"
+                                          r"Resume with the checkpoint's settings"):
+        c = tiny_config(data_dir, num_train_steps=12)
+        c.data.fill_rows = False
+        train_and_evaluate(c, work)
+    c = tiny_config(data_dir, num_train_steps=12)
+    c.data.pack = False
+    with pytest.raises(ConfigError, match=r"  data\.fill_rows: checkpoint has True, this run has None\n"
+                                          r"  data\.group_by_length: checkpoint has None, this run has True\n"
+                                          r"  data\.pack: checkpoint has True, this run has False"):
+        train_and_evaluate(c, work)
+    # the epoch finished as it began, the next one may be built otherwise
+    train_and_evaluate(tiny_config(data_dir, num_train_steps=12), work)
+    c = tiny_config(data_dir, num_train_steps=14)
+    c.data.fill_rows = False
+    train_and_evaluate(c, work)
+    assert losses(work)[0] == list(range(1, 15))
