@@ -189,9 +189,10 @@ def _batch_order(data_config) -> dict:
     return order
 
 
-def _check_same_batches_mid_epoch(meta: dict, data_config, step: int, steps_in_epoch: int, workdir) -> None:
+def _check_same_batches_mid_epoch(meta: dict, data_config, steps_in_epoch: int, workdir) -> None:
     """Resuming mid-epoch skips the batches already taken, so the rest of the epoch must be
     built the same way, or some texts would be seen twice in the epoch and others not at all."""
+    step = int(meta["step"])
     if step % steps_in_epoch == 0:
         return
     diffs = _differences(_batch_order(meta.get("config", {}).get("data", {})), _batch_order(data_config),
@@ -261,7 +262,7 @@ def train_and_evaluate(config, workdir) -> dict:
     if ckpts.latest_step() is not None:
         meta = ckpts.read_meta()
         _check_resume_compatible(meta, identity, workdir)
-        _check_same_batches_mid_epoch(meta, config.data, int(meta["step"]), spe, workdir)
+        _check_same_batches_mid_epoch(meta, config.data, spe, workdir)
         like = abstract_params(model)
         params, opt_state, meta = ckpts.restore_train(like, jax.eval_shape(tx.init, like))
         params, opt_state = jax.device_get((params, opt_state))

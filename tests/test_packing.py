@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pytest
 from flax import traverse_util
 
 from flaxtune.data.pipeline import (batch_plan, bucket_lengths, fill_packed_rows, pack_examples, packed_batch,
@@ -167,35 +168,40 @@ def test_fill_packed_rows_exchanges_examples_until_rows_are_full():
         [b.tolist() for b in plan]
 
 
-def test_filled_batches_on_sst2_keep_examples_and_lose_the_padding(gpt2_tokenizer):
-    lines = need_shared(SST2_DIR / "train.tsv").read_text(encoding="utf-8").splitlines()[1:2049]
-    ids = gpt2_tokenizer([line.split("\t")[0] for line in lines])["input_ids"]
-    lengths = np.array([min(len(x), 64) for x in ids])
+@pytest.fixture(scope="module")
+def sst2_train_lengths(gpt2_tokenizer):
+    """GPT-2 token counts of every SST-2 training text (at most 64; none is longer)."""
+    lines = need_shared(SST2_DIR / "train.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    return np.array([len(x) for x in gpt2_tokenizer([line.split("\t")[0] for line in lines])["input_ids"]])
+
+
+def _padding_fraction(plan, lengths, row_length):
+    return sum(padding_of_rows(lengths[b], row_length) for b in plan) / sum(
+        len(pack_examples(lengths[b], row_length)) * row_length for b in plan)
+
+
+def test_filled_batches_on_sst2_keep_examples_and_lose_the_padding(sst2_train_lengths):
+    lengths = np.minimum(sst2_train_lengths[:2048], 64)
     plan = batch_plan(lengths, global_batch=32, seed=0, epoch=0, buckets=[64], group_by_length=False)
     filled = fill_packed_rows(plan, lengths, row_length=64, seed=0)
     assert len(filled) == len(plan) == 64 and all(len(b) == 32 for b in filled)
     for w in range(0, 64, 32):  # the same examples in each window of 32 batches, each once
         assert sorted(np.concatenate(filled[w:w + 32]).tolist()) == sorted(np.concatenate(plan[w:w + 32]).tolist())
-    pad = lambda p: sum(padding_of_rows(lengths[b], 64) for b in p) / sum(
-        len(pack_examples(lengths[b], 64)) * 64 for b in p)
-    assert pad(plan) > 0.05 and pad(filled) < 0.01
+    assert _padding_fraction(plan, lengths, 64) > 0.05 and _padding_fraction(filled, lengths, 64) < 0.01
     moved = sum(len(set(a.tolist()) - set(b.tolist())) for a, b in zip(plan, filled))
     assert moved < 0.2 * 2048  # most examples stay in their random batch
 
 
-def test_filled_batches_do_not_drift_with_their_place_in_the_window(gpt2_tokenizer):
+def test_filled_batches_do_not_drift_with_their_place_in_the_window(sst2_train_lengths):
     """Filling batch after batch must not hand the long texts to a window's first batches and
     the short ones to its last (rows of 128, SST-2 texts: ~2.9 rows' worth per batch)."""
-    lines = need_shared(SST2_DIR / "train.tsv").read_text(encoding="utf-8").splitlines()[1:]
-    lengths = np.array([len(x) for x in gpt2_tokenizer([line.split("\t")[0] for line in lines])["input_ids"]])
+    lengths = sst2_train_lengths
     plan = batch_plan(lengths, global_batch=32, seed=0, epoch=0, buckets=[128], group_by_length=False)
     filled = fill_packed_rows(plan, lengths, row_length=128, seed=0)
     mean_length = np.array([lengths[b].mean() for b in filled[:len(filled) // 32 * 32]]).reshape(-1, 32)
     first, last = mean_length[:, :16].mean(), mean_length[:, 16:].mean()
     assert abs(first - last) < 0.3, (first, last)  # overall mean 11.4 tokens
-    pad = lambda p: sum(padding_of_rows(lengths[b], 128) for b in p) / sum(
-        len(pack_examples(lengths[b], 128)) * 128 for b in p)
-    assert pad(plan) > 0.1 and pad(filled) < 0.02
+    assert _padding_fraction(plan, lengths, 128) > 0.1 and _padding_fraction(filled, lengths, 128) < 0.02
 
 
 def test_packed_batches_do_not_depend_on_the_device_count_and_resume_mid_epoch():

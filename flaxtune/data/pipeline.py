@@ -181,7 +181,7 @@ def fill_packed_rows(plan: list[np.ndarray], lengths: np.ndarray, *, row_length:
     rng = np.random.Generator(np.random.PCG64(seed))
     out: list[np.ndarray] = []
     for start in range(0, len(plan), window):
-        win = np.stack(plan[start:start + window]).copy()  # (W, B) example indices
+        win = np.stack(plan[start:start + window])  # (W, B) example indices, a new array
         share = lengths[win].sum() / len(win)
         carry = rng.uniform(-row_length / 2, row_length / 2)
         for j in range(len(win) - 1):
@@ -224,12 +224,14 @@ def _exchange_one(win: np.ndarray, j: int, lengths: np.ndarray, goal: _RowGoal, 
     (length out, length in) pairs, and the examples of the chosen lengths are drawn at random."""
     t = goal.row_length
     mine = lengths[win[j]]
-    cost = goal.cost(int(mine.sum()), len(pack_examples(mine, t)))
+    total = int(mine.sum())
+    cost = goal.cost(total, len(pack_examples(mine, t)))
     if cost == 0:
         return False
     later = win[j + 1:].reshape(-1)
-    out_lengths, in_lengths = np.unique(mine), np.unique(lengths[later])
-    tokens = int(mine.sum()) - out_lengths[:, None] + in_lengths[None, :]
+    later_lengths = lengths[later]
+    out_lengths, in_lengths = np.unique(mine), np.unique(later_lengths)
+    tokens = total - out_lengths[:, None] + in_lengths[None, :]
     # Rows as if they came out full: a lower bound, checked by packing. Ties broken at random.
     bound = goal.cost(tokens, -(-tokens // t)).reshape(-1)
     for flat in np.lexsort((rng.random(bound.size), bound))[:candidates]:
@@ -238,9 +240,9 @@ def _exchange_one(win: np.ndarray, j: int, lengths: np.ndarray, goal: _RowGoal, 
         out_len, in_len = out_lengths[flat // len(in_lengths)], in_lengths[flat % len(in_lengths)]
         swapped = mine.copy()
         swapped[np.flatnonzero(mine == out_len)[0]] = in_len
-        if goal.cost(int(swapped.sum()), len(pack_examples(swapped, t))) < cost:
+        if goal.cost(int(tokens.flat[flat]), len(pack_examples(swapped, t))) < cost:
             x = rng.choice(np.flatnonzero(mine == out_len))
-            y = rng.choice(np.flatnonzero(lengths[later] == in_len))
+            y = rng.choice(np.flatnonzero(later_lengths == in_len))
             k, pos = divmod(int(y), win.shape[1])
             win[j, x], win[j + 1 + k, pos] = later[y], win[j, x]
             return True
