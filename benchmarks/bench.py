@@ -10,8 +10,9 @@ Variants (each run in its own subprocess, so peak RSS is per variant):
   c  flaxtune, default batching: the same step fed by flaxtune.data.pipeline.train_batches
      with flaxtune's default buckets (bucket_lengths(max_length))
 
-plus two helper subprocesses per round: `peak` (jitted fp32 matmul peak, the MFU denominator)
-and `pipeline` (train_batches alone, no train step).
+plus helper subprocesses per round: `peak` (jitted fp32 matmul peak, the MFU denominator),
+measured at the start and again at the end of the round, and `pipeline` (train_batches
+alone, no train step).
 
 The measured steps of all variants are one pass over the same first --examples rows of the
 SST-2 train file: the same examples, the same number of optimizer steps, the same global batch.
@@ -799,10 +800,35 @@ SUMMARY_KEYS = ("examples_per_s", "examples_per_s_wall", "real_tokens_per_s", "p
                 "measured_steps", "examples_total", "examples_warmup", "examples_measured")
 
 
+PEAK_SPREAD_NOTE = 0.15  # start and end peaks of a round further apart than this are reported
+
+
+def round_peak(rnd: dict) -> float | None:
+    """The round's matmul peak: the higher of the two measurements, at the round's start
+    (`peak`) and at its end (`peak_end`). A transient slowdown while the peak is measured
+    cannot inflate every variant's MFU that way (one 10-call median has read 102 GFLOP/s
+    on a machine that gave 167-191 in the other rounds)."""
+    vals = [rnd.get(k, {}).get("jax_flops_per_s") for k in ("peak", "peak_end")]
+    vals = [v for v in vals if isinstance(v, (int, float)) and math.isfinite(v)]
+    return max(vals) if vals else None
+
+
+def peak_spreads(rounds: list[dict]) -> list[str]:
+    """Rounds whose start and end peaks differ by more than PEAK_SPREAD_NOTE (the machine's
+    speed moved during the round)."""
+    notes = []
+    for i, rnd in enumerate(rounds):
+        a, b = (rnd.get(k, {}).get("jax_flops_per_s") for k in ("peak", "peak_end"))
+        if a and b and abs(a - b) / max(a, b) > PEAK_SPREAD_NOTE:
+            notes.append(f"round {i + 1}: matmul peak {a / 1e9:.0f} GFLOP/s at the start, {b / 1e9:.0f} at the end")
+    return notes
+
+
 def summarise(rounds: list[dict], variants: list[str]) -> dict:
-    # MFU per round against that round's peak, then medians over rounds.
+    # MFU per round against that round's peak (the higher of its two), then medians over rounds.
     for rnd in rounds:
-        peak = rnd.get("peak", {}).get("jax_flops_per_s")
+        peak = round_peak(rnd)
+        rnd["round_peak_flops_per_s"] = peak
         for v in variants:
             r = rnd.get(v, {})
             if peak and "useful_flops_per_s" in r:
@@ -813,6 +839,8 @@ def summarise(rounds: list[dict], variants: list[str]) -> dict:
         runs = [rnd[v] for rnd in rounds if v in rnd and "error" not in rnd[v]]
         if v == "peak":
             summary[v] = {k: median_of(runs, k) for k in ("jax_flops_per_s", "jax_flops_per_s_best", "torch_flops_per_s")}
+            summary[v]["round_peak_flops_per_s"] = median_of(rounds, "round_peak_flops_per_s")
+            summary[v]["round_peaks"] = [rnd.get("round_peak_flops_per_s") for rnd in rounds]
         elif v == "pipeline":
             summary[v] = {k: median_of(runs, k) for k in ("batches_per_s", "batches_per_s_steady", "examples_per_s", "real_tokens_per_s",
                                                            "first_batch_s", "tokenize_examples_per_s", "peak_rss_mb")}
@@ -869,7 +897,7 @@ def fmt(x, spec):
 
 def print_table(report: dict, args) -> None:
     s = report["summary"]["variants"]
-    peak = s.get("peak", {}).get("jax_flops_per_s", float("nan"))
+    peak = s.get("peak", {}).get("round_peak_flops_per_s", float("nan"))
     m = report["meta"]
     print()
     print(f"flaxtune benchmark  model {m['model_dims']}  batch {args.batch_size}  max_length {args.max_length}  "
@@ -887,8 +915,12 @@ def print_table(report: dict, args) -> None:
     if max(m["load_start"], m["load_end"]) > m["cores"]:
         print(f"NOTE: the load average exceeded the {m['cores']} cores during the run: absolute figures are "
               "noisy; compare the ratios and the per-round values")
-    print(f"matmul peak (jitted fp32 {args.peak_size}x{args.peak_size} jnp.dot, median): "
-          f"{fmt(peak / 1e9, '.1f')} GFLOP/s   torch.mm: {fmt(s.get('peak', {}).get('torch_flops_per_s', float('nan')) / 1e9, '.1f')} GFLOP/s")
+    print(f"matmul peak (jitted fp32 {args.peak_size}x{args.peak_size} jnp.dot, median of calls; per round the "
+          f"higher of its start and end measurements; median over rounds): {fmt(peak / 1e9, '.1f')} GFLOP/s "
+          f"(rounds: {', '.join(fmt(x / 1e9, '.0f') for x in s.get('peak', {}).get('round_peaks', []) if x)})   "
+          f"torch.mm: {fmt(s.get('peak', {}).get('torch_flops_per_s', float('nan')) / 1e9, '.1f')} GFLOP/s")
+    for note in report.get("peak_notes", []):
+        print(f"NOTE: {note}; that round's MFU uses the higher one")
     cols = [("variant", 44), ("ex/s", 8), ("ex/s wall", 9), ("real tok/s", 10), ("pad %", 6),
             ("step ms", 8), ("warm-up", 7), ("compile s", 9), ("XLA comp", 8), ("useful GF/s", 11), ("MFU use", 8),
             ("exec GF/s", 9), ("MFU exec", 8), ("RSS MB", 7)]
@@ -917,6 +949,10 @@ def print_table(report: dict, args) -> None:
             print(f"ratio {name.split()[0]} examples/s: {fmt(r['median_of_paired'], '.2f')}x   "
                   f"(wall: {fmt(report['summary']['ratios'][name + '_wall']['median_of_paired'], '.2f')}x; "
                   f"per round {', '.join(fmt(x, '.2f') for x in r['per_round'])})")
+    for v in args.variants:
+        per_round = [rnd[v].get("mfu_useful") for rnd in report["runs"] if v in rnd and "error" not in rnd[v]]
+        if per_round:
+            print(f"{v}) useful MFU per round: {', '.join(fmt(100 * x, '.1f') + '%' for x in per_round if x)}")
     for v in args.variants:
         r = s.get(v, {})
         if r.get("ok_runs"):
@@ -1048,7 +1084,8 @@ def main(argv=None):
     except ValueError as e:  # flaxtune.config.ConfigError
         raise SystemExit(f"bench.py: {e}") from None
     sub_argv = child_argv(argv)
-    order = ["peak"] + ([] if args.skip_pipeline else ["pipeline"]) + args.variants
+    # The matmul peak is measured at both ends of a round (see round_peak).
+    order = ["peak"] + ([] if args.skip_pipeline else ["pipeline"]) + args.variants + ["peak_end"]
     load_start = os.getloadavg()[0]
     rounds = []
     t_start = time.perf_counter()
@@ -1056,13 +1093,13 @@ def main(argv=None):
         rnd = {}
         for v in order:
             print(f"[round {r + 1}/{args.repeats}] {v} ...", end=" ", flush=True, file=sys.stderr)
-            rnd[v] = spawn(v, sub_argv, args)
+            rnd[v] = spawn("peak" if v == "peak_end" else v, sub_argv, args)
             if "error" in rnd[v]:
                 print(f"FAILED: {rnd[v]['error']}\n{rnd[v].get('traceback') or rnd[v].get('stderr_tail', '')}",
                       file=sys.stderr)
             else:
                 extra = (f"{rnd[v]['examples_per_s']:.1f} ex/s" if v in VARIANTS else
-                         f"{rnd[v]['jax_flops_per_s'] / 1e9:.1f} GFLOP/s" if v == "peak" else
+                         f"{rnd[v]['jax_flops_per_s'] / 1e9:.1f} GFLOP/s" if v.startswith("peak") else
                          f"{rnd[v]['batches_per_s']:.1f} batches/s")
                 print(f"{rnd[v]['wall_s']:.0f}s, {extra}", file=sys.stderr)
         rounds.append(rnd)
@@ -1084,6 +1121,7 @@ def main(argv=None):
         },
         "summary": summarise(rounds, args.variants),
         "checks": checks(rounds, args.variants, args),
+        "peak_notes": peak_spreads(rounds),
         "runs": rounds,
     }
     out = Path(args.out)
