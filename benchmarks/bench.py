@@ -5,10 +5,11 @@ Variants (each run in its own subprocess, so peak RSS is per variant):
 
   a  reference: transformers' PyTorch GPT2ForSequenceClassification (random init, same dims),
      tokenizer padding to max_length per batch, torch.optim.AdamW, plain Python loop
-  b  flaxtune, naive JAX port: flaxtune.train.train_step under PmapStrategy (1 device) with
+  b  flaxtune, naive JAX port: flaxtune.train.train_step on 1 device under the strategy
+     train_and_evaluate uses (make_strategy(config.train.strategy)), with
      flaxtune.optim.make_train_optimizer (as train_and_evaluate), every batch padded to exactly max_length
   c  flaxtune, default batching: the same step fed by flaxtune.data.pipeline.train_batches
-     with flaxtune's default buckets (bucket_lengths(max_length))
+     with train_and_evaluate's arguments (packed, filled rows of max_length by default)
 
 plus helper subprocesses per round: `peak` (jitted fp32 matmul peak, the MFU denominator),
 measured at the start and again at the end of the round, and `pipeline` (train_batches

@@ -14,11 +14,11 @@ devices), gradients averaged with `lax.pmean`, and the train state donated.
   outputs, and it copies every parameter and moment each step (~90 MB per step for a
   4 x 256 GPT-2; measured in benchmarks/README.md).
 
-The training loop talks only to a strategy's methods, so a jit + NamedSharding strategy
-(FSDP) can slot in with the same interface: `replicate`, `put_batch`, `to_host`,
-`compile_train_step`, `compile_eval_step`, `compile_state_update`, `gather_rows`, and
-inside a step `mean`, `all_gather`, `device_index`. Step outputs other than the state
-(metrics, logits) keep a leading device axis in both strategies.
+The training loop talks only to a strategy's methods (`DataParallel` lists them), so a
+jit + NamedSharding strategy (FSDP) can slot in with the same interface: `replicate`,
+`put_batch`, `to_host`, `compile_train_step`, `compile_eval_step`, `compile_state_update`,
+`gather_rows`, and inside a step `mean`, `sum`, `all_gather`, `device_index`. Step outputs
+other than the state (metrics, logits) keep a leading device axis in both strategies.
 """
 
 from __future__ import annotations
@@ -40,28 +40,44 @@ def make_strategy(name: str, devices=None):
     return classes[name](devices)
 
 
-class PmapStrategy:
-    name = "pmap"
+class DataParallel:
+    """What both strategies share: the devices, the split of a batch's leading device axis,
+    and the collectives a step calls. Subclasses say how the state is held and how a
+    function is compiled (`replicate`, `to_host`, `compile_*`)."""
+
+    name = ""
     axis_name = AXIS
 
     def __init__(self, devices=None):
         self.devices = list(devices) if devices is not None else jax.local_devices()
-        mesh = Mesh(np.array(self.devices), (self.axis_name,))
+        self.mesh = Mesh(np.array(self.devices), (self.axis_name,))
         # Split along the leading device axis; pmap's outputs carry the same sharding.
-        self._split = NamedSharding(mesh, PartitionSpec(self.axis_name))
+        self._split = NamedSharding(self.mesh, PartitionSpec(self.axis_name))
 
     @property
     def num_devices(self) -> int:
         return len(self.devices)
 
     def replicate(self, tree):
-        """Host tree -> one copy per device (leading device axis).
+        """Host tree -> the train state as this strategy holds it on the devices."""
+        raise NotImplementedError
 
-        Placed with the same mesh axis name pmap's outputs carry, so the step
-        compiled for step 1 is reused from step 2 on (no second compile).
-        """
-        n = self.num_devices
-        return jax.tree.map(lambda x: jax.device_put(np.stack([np.asarray(x)] * n), self._split), tree)
+    def to_host(self, tree):
+        """Device state -> numpy tree without any device axis (what checkpoints hold)."""
+        raise NotImplementedError
+
+    def compile_train_step(self, fn):
+        """fn(state, batch) -> (state, metrics), the state donated; metrics come back with a
+        leading device axis."""
+        raise NotImplementedError
+
+    def compile_eval_step(self, fn):
+        """fn(params, batch) -> per-device outputs, returned with a leading device axis."""
+        raise NotImplementedError
+
+    def compile_state_update(self, fn):
+        """fn(state) -> state on every device's copy, the state donated."""
+        raise NotImplementedError
 
     def put_batch(self, batch):
         """Host batch with a leading device axis -> each device's share placed on it.
@@ -70,10 +86,6 @@ class PmapStrategy:
         transfer overlaps the running step.
         """
         return jax.device_put(batch, self._split)
-
-    def to_host(self, tree):
-        """Replicated device tree -> numpy tree without the device axis (what checkpoints hold)."""
-        return jax.device_get(jax.tree.map(lambda x: x[0], tree))
 
     def mean(self, x):
         """Average across devices inside a step (gradients, metrics).
@@ -94,6 +106,29 @@ class PmapStrategy:
     def device_index(self):
         return jax.lax.axis_index(self.axis_name)
 
+    def gather_rows(self, x):
+        """(devices, per_device, ...) device output -> (global, ...) numpy."""
+        x = np.asarray(jax.device_get(x))
+        return x.reshape(-1, *x.shape[2:])
+
+
+class PmapStrategy(DataParallel):
+    """`jax.pmap`; the state carries a leading device axis (see the module doc)."""
+
+    name = "pmap"
+
+    def replicate(self, tree):
+        """Host tree -> one copy per device (leading device axis).
+
+        Placed with the same mesh axis name pmap's outputs carry, so the step
+        compiled for step 1 is reused from step 2 on (no second compile).
+        """
+        n = self.num_devices
+        return jax.tree.map(lambda x: jax.device_put(np.stack([np.asarray(x)] * n), self._split), tree)
+
+    def to_host(self, tree):
+        return jax.device_get(jax.tree.map(lambda x: x[0], tree))
+
     def compile_train_step(self, fn):
         return jax.pmap(fn, axis_name=self.axis_name, devices=self.devices, donate_argnums=(0,))
 
@@ -101,24 +136,17 @@ class PmapStrategy:
         return jax.pmap(fn, axis_name=self.axis_name, devices=self.devices)
 
     def compile_state_update(self, fn):
-        """fn(state) -> state, run on every device's copy; the state is donated."""
         return jax.pmap(fn, axis_name=self.axis_name, devices=self.devices, donate_argnums=(0,))
 
-    def gather_rows(self, x):
-        """(devices, per_device, ...) device output -> (global, ...) numpy."""
-        x = np.asarray(jax.device_get(x))
-        return x.reshape(-1, *x.shape[2:])
 
-
-class ShardMapStrategy(PmapStrategy):
+class ShardMapStrategy(DataParallel):
     """jit + shard_map data parallelism; the state has no device axis (see the module doc)."""
 
     name = "shard_map"
 
     def __init__(self, devices=None):
         super().__init__(devices)
-        self._mesh = self._split.mesh
-        self._replicated = NamedSharding(self._mesh, PartitionSpec())
+        self._replicated = NamedSharding(self.mesh, PartitionSpec())
 
     def replicate(self, tree):
         """Host tree -> the same tree, one full copy on every device (no device axis)."""
@@ -137,7 +165,7 @@ class ShardMapStrategy(PmapStrategy):
     def _map(self, per_device, in_specs, out_specs, *, donate_state: bool):
         """jit(shard_map(per_device)) over this strategy's mesh; with `donate_state`, the first
         argument (the replicated state) is donated."""
-        mapped = jax.shard_map(per_device, mesh=self._mesh, in_specs=in_specs, out_specs=out_specs,
+        mapped = jax.shard_map(per_device, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs,
                                check_vma=False)
         return jax.jit(mapped, donate_argnums=(0,) if donate_state else ())
 
