@@ -816,12 +816,17 @@ def round_peak(rnd: dict) -> float | None:
 
 def peak_spreads(rounds: list[dict]) -> list[str]:
     """Rounds whose start and end peaks differ by more than PEAK_SPREAD_NOTE (the machine's
-    speed moved during the round)."""
+    speed moved during the round), and rounds where only one of the two was measured."""
     notes = []
     for i, rnd in enumerate(rounds):
         a, b = (rnd.get(k, {}).get("jax_flops_per_s") for k in ("peak", "peak_end"))
         if a and b and abs(a - b) / max(a, b) > PEAK_SPREAD_NOTE:
-            notes.append(f"round {i + 1}: matmul peak {a / 1e9:.0f} GFLOP/s at the start, {b / 1e9:.0f} at the end")
+            notes.append(f"round {i + 1}: matmul peak {a / 1e9:.0f} GFLOP/s at the start, {b / 1e9:.0f} at the end; "
+                         "that round's MFU uses the higher one")
+        elif bool(a) != bool(b):
+            which = "start" if a else "end"
+            notes.append(f"round {i + 1}: only the {which} matmul peak was measured; that round's MFU rests on "
+                         "one reading")
     return notes
 
 
@@ -837,7 +842,8 @@ def summarise(rounds: list[dict], variants: list[str]) -> dict:
                 r["mfu_executed"] = r["executed_flops_per_s"] / peak
     summary = {}
     for v in variants + list(HELPERS):
-        runs = [rnd[v] for rnd in rounds if v in rnd and "error" not in rnd[v]]
+        keys = ("peak", "peak_end") if v == "peak" else (v,)  # the peak's medians: both measurements
+        runs = [rnd[k] for rnd in rounds for k in keys if k in rnd and "error" not in rnd[k]]
         if v == "peak":
             summary[v] = {k: median_of(runs, k) for k in ("jax_flops_per_s", "jax_flops_per_s_best", "torch_flops_per_s")}
             summary[v]["round_peak_flops_per_s"] = median_of(rounds, "round_peak_flops_per_s")
@@ -887,6 +893,9 @@ def checks(rounds: list[dict], variants: list[str], args) -> list[str]:
         for v in variants:
             if v in rnd and "error" in rnd[v]:
                 problems.append(f"round {i + 1}: variant {v} failed: {rnd[v]['error']}")
+        if not round_peak(rnd):
+            problems.append(f"round {i + 1}: no matmul peak was measured, so that round has no MFU "
+                            f"({'; '.join(rnd[k]['error'] for k in ('peak', 'peak_end') if 'error' in rnd.get(k, {}))})")
     return problems
 
 
@@ -918,10 +927,10 @@ def print_table(report: dict, args) -> None:
               "noisy; compare the ratios and the per-round values")
     print(f"matmul peak (jitted fp32 {args.peak_size}x{args.peak_size} jnp.dot, median of calls; per round the "
           f"higher of its start and end measurements; median over rounds): {fmt(peak / 1e9, '.1f')} GFLOP/s "
-          f"(rounds: {', '.join(fmt(x / 1e9, '.0f') for x in s.get('peak', {}).get('round_peaks', []) if x)})   "
+          f"(rounds: {', '.join(fmt(x / 1e9 if x else None, '.0f') for x in s.get('peak', {}).get('round_peaks', []))})   "
           f"torch.mm: {fmt(s.get('peak', {}).get('torch_flops_per_s', float('nan')) / 1e9, '.1f')} GFLOP/s")
     for note in report.get("peak_notes", []):
-        print(f"NOTE: {note}; that round's MFU uses the higher one")
+        print(f"NOTE: {note}")
     cols = [("variant", 44), ("ex/s", 8), ("ex/s wall", 9), ("real tok/s", 10), ("pad %", 6),
             ("step ms", 8), ("warm-up", 7), ("compile s", 9), ("XLA comp", 8), ("useful GF/s", 11), ("MFU use", 8),
             ("exec GF/s", 9), ("MFU exec", 8), ("RSS MB", 7)]
@@ -951,9 +960,10 @@ def print_table(report: dict, args) -> None:
                   f"(wall: {fmt(report['summary']['ratios'][name + '_wall']['median_of_paired'], '.2f')}x; "
                   f"per round {', '.join(fmt(x, '.2f') for x in r['per_round'])})")
     for v in args.variants:
-        per_round = [rnd[v].get("mfu_useful") for rnd in report["runs"] if v in rnd and "error" not in rnd[v]]
-        if per_round:
-            print(f"{v}) useful MFU per round: {', '.join(fmt(100 * x, '.1f') + '%' for x in per_round if x)}")
+        per_round = [rnd.get(v, {}).get("mfu_useful") for rnd in report["runs"]]  # "-": failed, or no peak
+        if any(per_round):
+            print(f"{v}) useful MFU per round: "
+                  f"{', '.join(fmt(100 * x, '.1f') + '%' if x else '-' for x in per_round)}")
     for v in args.variants:
         r = s.get(v, {})
         if r.get("ok_runs"):
