@@ -240,6 +240,17 @@ def test_unseen_eval_label_names_value_and_line(tmp_path):
 # --------------------------------------------------------------------------- 9: long texts, max_length
 
 
+def test_truncation_is_counted_without_the_tokenizers_indexing_warning(capfd):
+    """flaxtune truncates and counts long texts itself; transformers' "will result in indexing
+    errors" warning for a text over model_max_length (1,024) would only alarm the user."""
+    from flaxtune.data.tokenize import load_tokenizer
+
+    tokenizer = load_tokenizer(str(need_shared(TOKENIZER_DIR)))  # fresh: transformers warns once per instance
+    data = tokenize_texts(tokenizer, ["word " * 1200, "short"], 64, vocab_size=50257)
+    assert data.num_truncated == 1 and data.lengths.tolist() == [64, 1]
+    assert "indexing errors" not in capfd.readouterr().err
+
+
 def test_long_text_truncated_to_1024_with_finite_logits(gpt2_tokenizer):
     import jax
     import jax.numpy as jnp

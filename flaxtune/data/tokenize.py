@@ -69,8 +69,10 @@ def tokenize_texts(tokenizer, texts: list[str], max_length: int, *, vocab_size: 
     ids, truncated = [], 0
     chunk = 4096
     for start in range(0, len(texts), chunk):
+        # verbose=False: transformers would warn that a text longer than the tokenizer's
+        # model_max_length "will result in indexing errors"; it is truncated below and counted.
         enc = tokenizer(list(texts[start:start + chunk]), add_special_tokens=False,
-                        truncation=False, return_attention_mask=True)
+                        truncation=False, return_attention_mask=True, verbose=False)
         for j, (row, mask) in enumerate(zip(enc["input_ids"], enc["attention_mask"])):
             n = int(sum(mask))  # real tokens, as the tokenizer marks them
             i = start + j
