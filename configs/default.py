@@ -26,6 +26,10 @@ def get_config():
     c.data.source = "files"    # "files" (TSV/CSV/JSONL) or "tfds"
     c.data.train_file = ""
     c.data.eval_file = ""
+    # No eval file (e.g. IMDB's one labelled file): hold out this fraction of train_file as the
+    # eval set instead, per label (stratified), chosen with split_seed. 0 = use eval_file.
+    c.data.eval_fraction = 0.0
+    c.data.split_seed = 0
     c.data.file_format = ""    # "" = from the extension: .tsv, .csv, .jsonl
     c.data.encoding = "utf-8"
     c.data.text_field = "text"

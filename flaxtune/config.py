@@ -126,14 +126,29 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.init must be 'pretrained' or 'scratch', got {c.init!r}")
     if c.data.source not in ("files", "tfds"):
         raise ConfigError(f"config.data.source must be 'files' or 'tfds', got {c.data.source!r}")
+    fraction = c.data.get("eval_fraction", 0.0)
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"config.data.eval_fraction must be >= 0 and < 1, got {fraction}")
     if c.data.source == "files":
-        for field in ("train_file", "eval_file"):
+        if fraction and c.data.eval_file:
+            raise ConfigError(
+                f"config.data.eval_file={c.data.eval_file!r} and config.data.eval_fraction={fraction} "
+                "both give an eval set: set --config.data.eval_file='' to hold out a fraction of "
+                "train_file, or --config.data.eval_fraction=0 to use the file")
+        fields = ("train_file",) if fraction else ("train_file", "eval_file")
+        for field in fields:
             if not c.data[field]:
-                raise ConfigError(f"config.data.{field} is empty: set --config.data.{field}=PATH")
+                hint = (" (or --config.data.eval_fraction=0.1 to hold out 10% of train_file)"
+                        if field == "eval_file" else "")
+                raise ConfigError(f"config.data.{field} is empty: set --config.data.{field}=PATH{hint}")
             if not Path(c.data[field]).is_file():
                 raise ConfigError(f"config.data.{field}: file {c.data[field]!r} not found")
     elif not c.data.tfds_name:
         raise ConfigError("config.data.tfds_name is empty: set e.g. --config.data.tfds_name=glue/sst2")
+    elif fraction:
+        raise ConfigError(
+            f"config.data.eval_fraction={fraction} is for data.source=files; with tfds, slice a split "
+            "instead, e.g. --config.data.train_split='train[:90%]' --config.data.eval_split='train[90%:]'")
     if c.max_length < 2:
         raise ConfigError(f"config.max_length must be at least 2, got {c.max_length}")
     if c.init == "scratch" and "scratch_model" in c and "n_positions" in c.scratch_model:

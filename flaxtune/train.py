@@ -28,7 +28,7 @@ from flaxtune.checkpoint import Checkpoints, tokenizer_dir
 from flaxtune.data.labels import build_label_map, encode_labels
 from flaxtune.data.readers import where
 from flaxtune.data.pipeline import PAD_ID, bucket_lengths, prefetch, steps_per_epoch, train_batches
-from flaxtune.data.sources import load_split
+from flaxtune.data.sources import eval_held_out, load_splits
 from flaxtune.data.tokenize import Tokenized, load_tokenizer, tokenize_texts
 from flaxtune.host_memory import keep_freed_memory
 from flaxtune.metrics import classification_metrics
@@ -226,8 +226,7 @@ def train_and_evaluate(config, workdir) -> dict:
     config_lib.check_max_length(config, dims.n_positions)
     tokenizer = load_tokenizer(config.tokenizer or str(source.model_dir or config.model))
 
-    train_records = load_split(config.data, "train")
-    eval_records = load_split(config.data, "eval")
+    train_records, eval_records = load_splits(config.data)
     label_names = build_label_map(train_records)
     train_data = prepare_split(train_records, label_names, tokenizer, config.max_length, dims.vocab_size)
     eval_data = prepare_split(eval_records, label_names, tokenizer, config.max_length, dims.vocab_size)
@@ -250,7 +249,11 @@ def train_and_evaluate(config, workdir) -> dict:
                 "max_length": config.max_length, "seed": config.seed, "batch_size": t.batch_size,
                 "grad_accum_steps": t.grad_accum_steps,
                 # the optimizer state's layout differs between the two
-                "row_sparse_embedding": isinstance(tx, RowSparseAdamW)}
+                "row_sparse_embedding": isinstance(tx, RowSparseAdamW),
+                # which part of train_file was trained on (None: all of it; older checkpoints)
+                "eval_holdout": ({"fraction": config.data.eval_fraction,
+                                  "split_seed": config.data.get("split_seed", 0)}
+                                 if eval_held_out(config.data) else None)}
     if isinstance(tx, RowSparseAdamW):  # its state holds the rows of the training data's tokens
         identity["embedding_rows"] = tx.table_rows_digest(dims.vocab_size)
     identity["model_config"].pop("transformers_version", None)

@@ -209,3 +209,25 @@ def test_indivisible_global_batch_fails_at_start(sst2_slice, tmp_path):
     with pytest.raises(config_lib.ConfigError, match="batch_size=12 is the global batch"):
         train_and_evaluate(tiny_config(sst2_slice, batch_size=12), tmp_path)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_eval_held_out_of_the_train_file(sst2_slice, tmp_path):
+    """data.eval_fraction without an eval file: the run evaluates on the held-out 20% of each
+    label and trains on the rest; a workdir trained on the whole file refuses it."""
+    c = tiny_config(sst2_slice, num_train_steps=2)
+    c.data.update(eval_file="", eval_fraction=0.2)
+    labels = [r.label for r in read_records(sst2_slice / "train.tsv", text_field="sentence", label_field="label")]
+    want = sum(int(round(0.2 * labels.count(lab))) for lab in set(labels))
+    metrics = train_and_evaluate(c, tmp_path)
+    assert metrics["num_examples"] == want
+    meta = Checkpoints(tmp_path).read_meta()
+    assert meta["eval_holdout"] == {"fraction": 0.2, "split_seed": 0}
+
+
+def test_workdir_trained_on_the_whole_file_refuses_a_holdout_run(run8, sst2_slice):
+    workdir, _ = run8
+    c = tiny_config(sst2_slice)
+    c.data.update(eval_file="", eval_fraction=0.2)
+    with pytest.raises(config_lib.ConfigError, match=r"different run:\n(  .*\n)*  eval_holdout: checkpoint has None, "
+                                                     r"this run has \{'fraction': 0.2, 'split_seed': 0\}\n"):
+        train_and_evaluate(c, workdir)
