@@ -117,6 +117,7 @@ def cmd_eval(args) -> int:
 
     clf = Classifier.load(args.checkpoint, step=args.step, tokenizer=args.tokenizer)
     records = _read(args.data, clf, args, require_label=True)
+    _warn_if_trained_on(args.data, clf.meta, args.checkpoint)
     m = clf.evaluate(records, per_device_batch=args.batch_size)
     names = clf.label_names
     per_class = {name: {k: v[i] for k, v in m["per_class"].items()} for i, name in enumerate(names)}
@@ -131,6 +132,25 @@ def cmd_eval(args) -> int:
     out["confusion_matrix"] = {"labels": names, "rows_true_cols_predicted": m["confusion_matrix"]}
     print(json.dumps(out))
     return 0
+
+
+def _warn_if_trained_on(path, meta: dict, checkpoint) -> None:
+    """`eval --data` given the very file a data.eval_fraction run trained on (held-out part
+    and training part together): say so, since the metrics then mix seen and unseen texts."""
+    holdout = meta.get("eval_holdout")
+    train_file = ((meta.get("config") or {}).get("data") or {}).get("train_file")
+    if not holdout or not train_file:
+        return
+    try:
+        same = os.path.samefile(path, train_file)
+    except OSError:  # the training file is not where it was (another machine, another folder)
+        return
+    if same:
+        logging.getLogger("flaxtune").warning(
+            "%s is the file this checkpoint trained on: %g of each label was held out for eval "
+            "(data.split_seed=%d) and the rest trained on, so these metrics mix texts the model "
+            "has seen with held-out ones. The held-out metrics are in %s/eval_metrics.jsonl.",
+            path, holdout["fraction"], holdout["split_seed"], checkpoint)
 
 
 def cmd_predict(args) -> int:

@@ -127,8 +127,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if c.data.source not in ("files", "tfds"):
         raise ConfigError(f"config.data.source must be 'files' or 'tfds', got {c.data.source!r}")
     fraction = c.data.get("eval_fraction", 0.0)
-    if not 0.0 <= fraction < 1.0:
-        raise ConfigError(f"config.data.eval_fraction must be >= 0 and < 1, got {fraction}")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"config.data.eval_fraction must be a number >= 0 and < 1, got {fraction!r}")
+    split_seed = c.data.get("split_seed", 0)
+    if isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0:
+        raise ConfigError(f"config.data.split_seed must be an integer >= 0, got {split_seed!r}")
     if c.data.source == "files":
         if fraction and c.data.eval_file:
             raise ConfigError(

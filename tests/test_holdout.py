@@ -3,6 +3,7 @@
 import json
 from collections import Counter
 
+import ml_collections
 import pytest
 
 from configs import default
@@ -62,15 +63,18 @@ def test_holdout_counts_per_label_and_its_errors(tmp_path):
 
 @pytest.mark.parametrize("data, message", [
     (dict(eval_fraction=0.1, eval_file="x.tsv"), "both give an eval set: set --config.data.eval_file=''"),
-    (dict(eval_fraction=1.0), r"eval_fraction must be >= 0 and < 1, got 1.0"),
+    (dict(eval_fraction=1.0), r"eval_fraction must be a number >= 0 and < 1, got 1.0"),
+    (dict(eval_fraction="0.1"), r"eval_fraction must be a number >= 0 and < 1, got '0.1'"),
+    (dict(split_seed=-1), r"split_seed must be an integer >= 0, got -1"),
     (dict(eval_fraction=0.0), r"eval_file is empty: set --config.data.eval_file=PATH \(or "
                               r"--config.data.eval_fraction=0.1 to hold out 10% of train_file\)"),
     (dict(eval_fraction=0.1, source="tfds", tfds_name="imdb_reviews"),
      r"is for data.source=files; with tfds, slice a split instead, e.g. --config.data.train_split='train\[:90%\]'"),
 ])
 def test_holdout_config_errors(data, message):
-    c = _imdb_config()
-    c.data.update(data)
+    d = _imdb_config().to_dict()  # a plain dict, as a Python caller may build one (any types)
+    d["data"].update(data)
+    c = ml_collections.ConfigDict(d)
     with pytest.raises(config_lib.ConfigError, match=message):
         config_lib.validate_config(c)
 

@@ -231,3 +231,20 @@ def test_workdir_trained_on_the_whole_file_refuses_a_holdout_run(run8, sst2_slic
     with pytest.raises(config_lib.ConfigError, match=r"different run:\n(  .*\n)*  eval_holdout: checkpoint has None, "
                                                      r"this run has \{'fraction': 0.2, 'split_seed': 0\}\n"):
         train_and_evaluate(c, workdir)
+
+
+def test_eval_of_the_file_a_holdout_run_trained_on_warns(sst2_slice, tmp_path, caplog, capsys):
+    from flaxtune.cli import main
+
+    c = tiny_config(sst2_slice, num_train_steps=1)
+    c.data.update(eval_file="", eval_fraction=0.2)
+    train_and_evaluate(c, tmp_path)
+    with caplog.at_level("WARNING", logger="flaxtune"):
+        assert main(["eval", "--checkpoint", str(tmp_path), "--data", str(sst2_slice / "train.tsv")]) == 0
+    assert (f"{sst2_slice / 'train.tsv'} is the file this checkpoint trained on: 0.2 of each label was held out "
+            "for eval (data.split_seed=0) and the rest trained on") in caplog.text
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["num_examples"] == 400
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="flaxtune"):
+        assert main(["eval", "--checkpoint", str(tmp_path), "--data", str(sst2_slice / "dev.tsv")]) == 0
+    assert "trained on" not in caplog.text
