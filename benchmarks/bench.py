@@ -804,13 +804,18 @@ SUMMARY_KEYS = ("examples_per_s", "examples_per_s_wall", "real_tokens_per_s", "p
 PEAK_SPREAD_NOTE = 0.15  # start and end peaks of a round further apart than this are reported
 
 
+def peak_readings(rnd: dict) -> tuple:
+    """The round's two matmul peaks, at its start (`peak`) and end (`peak_end`); None where
+    that measurement failed."""
+    vals = (rnd.get(k, {}).get("jax_flops_per_s") for k in ("peak", "peak_end"))
+    return tuple(v if isinstance(v, (int, float)) and math.isfinite(v) and v > 0 else None for v in vals)
+
+
 def round_peak(rnd: dict) -> float | None:
-    """The round's matmul peak: the higher of the two measurements, at the round's start
-    (`peak`) and at its end (`peak_end`). A transient slowdown while the peak is measured
-    cannot inflate every variant's MFU that way (one 10-call median has read 102 GFLOP/s
-    on a machine that gave 167-191 in the other rounds)."""
-    vals = [rnd.get(k, {}).get("jax_flops_per_s") for k in ("peak", "peak_end")]
-    vals = [v for v in vals if isinstance(v, (int, float)) and math.isfinite(v)]
+    """The round's matmul peak: the higher of its two readings. A transient slowdown while
+    the peak is measured cannot inflate every variant's MFU that way (one 10-call median has
+    read 102 GFLOP/s on a machine that gave 167-191 in the other rounds)."""
+    vals = [v for v in peak_readings(rnd) if v]
     return max(vals) if vals else None
 
 
@@ -819,7 +824,7 @@ def peak_spreads(rounds: list[dict]) -> list[str]:
     speed moved during the round), and rounds where only one of the two was measured."""
     notes = []
     for i, rnd in enumerate(rounds):
-        a, b = (rnd.get(k, {}).get("jax_flops_per_s") for k in ("peak", "peak_end"))
+        a, b = peak_readings(rnd)
         if a and b and abs(a - b) / max(a, b) > PEAK_SPREAD_NOTE:
             notes.append(f"round {i + 1}: matmul peak {a / 1e9:.0f} GFLOP/s at the start, {b / 1e9:.0f} at the end; "
                          "that round's MFU uses the higher one")

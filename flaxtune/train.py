@@ -28,7 +28,7 @@ from flaxtune.checkpoint import Checkpoints, tokenizer_dir
 from flaxtune.data.labels import build_label_map, encode_labels
 from flaxtune.data.readers import where
 from flaxtune.data.pipeline import PAD_ID, bucket_lengths, prefetch, steps_per_epoch, train_batches
-from flaxtune.data.sources import eval_held_out, load_splits
+from flaxtune.data.sources import eval_holdout, load_splits
 from flaxtune.data.tokenize import Tokenized, load_tokenizer, tokenize_texts
 from flaxtune.host_memory import keep_freed_memory
 from flaxtune.metrics import classification_metrics
@@ -251,9 +251,7 @@ def train_and_evaluate(config, workdir) -> dict:
                 # the optimizer state's layout differs between the two
                 "row_sparse_embedding": isinstance(tx, RowSparseAdamW),
                 # which part of train_file was trained on (None: all of it; older checkpoints)
-                "eval_holdout": ({"fraction": config.data.eval_fraction,
-                                  "split_seed": config.data.get("split_seed", 0)}
-                                 if eval_held_out(config.data) else None)}
+                "eval_holdout": eval_holdout(config.data)}
     if isinstance(tx, RowSparseAdamW):  # its state holds the rows of the training data's tokens
         identity["embedding_rows"] = tx.table_rows_digest(dims.vocab_size)
     identity["model_config"].pop("transformers_version", None)

@@ -37,21 +37,25 @@ def holdout_split(records: list[Record], fraction: float, seed: int) -> tuple[li
     return train, [r for i, r in enumerate(records) if i in held]
 
 
-def eval_held_out(d) -> bool:
-    """True when the eval set is held out of train_file (data.eval_fraction, no eval_file)."""
-    return d.source == "files" and bool(d.get("eval_fraction", 0.0)) and not d.eval_file
+def eval_holdout(d) -> dict | None:
+    """{"fraction", "split_seed"} when the eval set is held out of train_file
+    (data.eval_fraction, no eval_file), else None; checkpoints record it as is."""
+    if d.source == "files" and d.get("eval_fraction", 0.0) and not d.eval_file:
+        return {"fraction": d.eval_fraction, "split_seed": d.get("split_seed", 0)}
+    return None
 
 
 def load_splits(data_config) -> tuple[list[Record], list[Record]]:
     """(train, eval) records: from their files or tfds splits, or, with data.eval_fraction,
     both from train_file (read and validated once)."""
     d = data_config
-    if eval_held_out(d):
+    holdout = eval_holdout(d)
+    if holdout:
         records = _read_and_validate(d, d.train_file, "train")
-        train, held = holdout_split(records, d.eval_fraction, d.get("split_seed", 0))
+        train, held = holdout_split(records, holdout["fraction"], holdout["split_seed"])
         log.info("%s: %d records for training, %d held out for eval (data.eval_fraction=%g, "
-                 "data.split_seed=%d)", d.train_file, len(train), len(held), d.eval_fraction,
-                 d.get("split_seed", 0))
+                 "data.split_seed=%d)", d.train_file, len(train), len(held), holdout["fraction"],
+                 holdout["split_seed"])
         return train, held
     return load_split(d, "train"), load_split(d, "eval")
 
@@ -60,7 +64,7 @@ def load_split(data_config, which: str) -> list[Record]:
     """`which` is "train" or "eval"; every source goes through the same validation. With
     data.eval_fraction (and no eval_file) both are parts of train_file."""
     d = data_config
-    if eval_held_out(d):
+    if eval_holdout(d):
         return load_splits(d)[0 if which == "train" else 1]
     if d.source == "files":
         return _read_and_validate(d, d.train_file if which == "train" else d.eval_file, which)
